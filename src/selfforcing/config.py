@@ -1,0 +1,162 @@
+"""Typed model configuration and the registry of size presets.
+
+`WanConfig` describes one Wan2.1 diffusion transformer. The same weights serve the bidirectional model
+(teacher, critic) and the causal generator: `causal` and the attention-layout fields below only change
+which attention mask (or KV cache) the forward pass uses, never the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["WanConfig", "PRESETS", "get_preset", "register_preset", "preset_names"]
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """Shape and attention layout of a Wan2.1 DiT (spec §1.1, §1.5).
+
+    Attributes:
+        dim: model width D.
+        ffn_dim: hidden width of the feed-forward network.
+        num_heads: attention heads; head_dim = dim / num_heads.
+        num_layers: transformer blocks.
+        in_dim / out_dim: latent channels C in and out.
+        patch_size: (pt, ph, pw) of the Conv3d patch embedding (stride = kernel).
+        freq_dim: width of the sinusoidal time embedding.
+        text_dim: width of the text encoder's token embeddings.
+        text_len: the context is zero-padded to this many tokens (Wan: 512).
+        qk_norm / cross_attn_norm / eps: as in Wan2.1.
+        causal: block-causal generator (True) or bidirectional teacher / critic (False).
+        num_frame_per_block: K, latent frames per chunk (3 chunk-wise, 1 frame-wise).
+        independent_first_frame: frame 0 is a block of its own, K-frame blocks start at frame 1.
+        local_attn_size: attention window W in latent frames, sink frames included; -1 = global.
+        sink_size: S, the first S frames stay visible forever (attention sink).
+    """
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    causal: bool = False
+    num_frame_per_block: int = 3
+    independent_first_frame: bool = False
+    local_attn_size: int = -1
+    sink_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim {self.head_dim} must be even and at least 6 for the 3-D RoPE")
+        if self.patch_size[0] != 1:
+            raise ValueError("temporal patch size must be 1: the causal model works frame by frame")
+        if self.num_frame_per_block < 1:
+            raise ValueError("num_frame_per_block must be at least 1")
+        if self.local_attn_size != -1:
+            if self.local_attn_size < 1:
+                raise ValueError("local_attn_size must be -1 (global) or a positive number of frames")
+            if self.sink_size + self.num_frame_per_block > self.local_attn_size:
+                raise ValueError(
+                    f"local_attn_size {self.local_attn_size} must hold the sink ({self.sink_size}) "
+                    f"plus one block ({self.num_frame_per_block} frames)"
+                )
+        if self.sink_size < 0:
+            raise ValueError("sink_size must be non-negative")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rolling(self) -> bool:
+        """True when the KV cache is a rolling window (local attention)."""
+        return self.local_attn_size > 0
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        """Tokens of one latent frame of size (height, width)."""
+        _, ph, pw = self.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"latent size {height}x{width} is not divisible by the patch {ph}x{pw}")
+        return (height // ph) * (width // pw)
+
+    def replace(self, **changes) -> "WanConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown WanConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if "patch_size" in d:
+            d["patch_size"] = tuple(d["patch_size"])
+        return cls(**d)
+
+
+PRESETS: dict[str, Callable[[], WanConfig]] = {}
+
+
+def register_preset(name: str):
+    def wrap(fn: Callable[[], WanConfig]):
+        PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_preset(name: str) -> WanConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+    return PRESETS[name]()
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+@register_preset("wan2.1-t2v-1.3b")
+def wan21_t2v_1_3b() -> WanConfig:
+    """Wan2.1-T2V-1.3B: the Self-Forcing generator and the DMD fake score (spec §1.1)."""
+    return WanConfig()
+
+
+@register_preset("wan2.1-t2v-14b")
+def wan21_t2v_14b() -> WanConfig:
+    """Wan2.1-T2V-14B: the real score of the released DMD config (spec §1.1)."""
+    return WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+
+@register_preset("self-forcing-1.3b")
+def self_forcing_1_3b() -> WanConfig:
+    """The released chunk-wise causal generator: Wan2.1-1.3B weights, 3-frame blocks."""
+    return dataclasses.replace(wan21_t2v_1_3b(), causal=True, num_frame_per_block=3)
+
+
+@register_preset("tiny")
+def tiny() -> WanConfig:
+    """A few-thousand-parameter model in the real layout, for unit tests."""
+    return WanConfig(
+        dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=4, out_dim=4,
+        freq_dim=32, text_dim=24, text_len=8,
+    )
+
+
+@register_preset("tiny-causal")
+def tiny_causal() -> WanConfig:
+    return dataclasses.replace(tiny(), causal=True, num_frame_per_block=2)

@@ -1,0 +1,309 @@
+"""The Wan2.1 diffusion transformer, bidirectional and block-causal (spec §1).
+
+One module serves the teacher and critic (`config.causal = False`, full attention) and the autoregressive
+generator (`config.causal = True`): parameter names and shapes are exactly Wan2.1's, so the published Wan
+and Self-Forcing weights load as they are. The network knows nothing about noise: it maps a noisy latent
+video, per-frame timesteps t in [0, 1000] and text embeddings to a velocity prediction.
+
+Forward modes of the causal model:
+- training, no cache: one parallel pass over all frames under the block-causal (optionally windowed) mask;
+- teacher forcing: `clean_x` is given; the sequence is [clean ; noisy] under the teacher-forcing mask and only
+  the noisy half is returned;
+- inference: `kv_cache` is given; `x` is one chunk starting at latent frame `start_frame`, which attends to
+  everything in the cache and to itself.
+
+Latents are (B, F, C, H, W) everywhere in this project; the Conv3d sees (B, C, F, H, W).
+Numerics follow Wan2.1 under autocast: the residual stream, norms, time embedding and modulation are
+float32, linear layers run in the parameters' dtype (a bf16 model runs its matmuls under bf16 autocast).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ..config import WanConfig
+from ..nn.attention import attention
+from ..nn.masks import block_causal_mask, teacher_forcing_mask
+from ..nn.rope import apply_rope, rope_angles
+from .kv_cache import CrossAttnCache, KVCache
+
+__all__ = ["WanDiT", "sinusoidal_embedding"]
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding in float64: [cos(t w), sin(t w)], w = 10000^(-k/half) (spec §1.3)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    arg = torch.outer(t.reshape(-1).to(torch.float64), freqs)              # (B*F, half)
+    return torch.cat([arg.cos(), arg.sin()], dim=1)                        # (B*F, dim)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the full width (across heads), computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm in float32, result in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type_as(x)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """x * (1 + scale) + shift with one (shift, scale) per frame.
+
+    x: (B, F*N_f, D); shift, scale: (B, F, D).
+    """
+    x = x.unflatten(1, (num_frames, -1))                                   # (B, F, N_f, D)
+    return (x * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
+def _gate(y: torch.Tensor, gate: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """y * gate with one gate per frame; y: (B, F*N_f, D), gate: (B, F, D)."""
+    return (y.float().unflatten(1, (num_frames, -1)) * gate[:, :, None]).flatten(1, 2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: WanConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None):
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
+        v = self.v(x).unflatten(-1, (self.num_heads, -1))                  # (B, N, h, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.write(self.layer, k, v)                        # (B, N_cache, h, d)
+        return self.o(attention(q, k, v, mask))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: WanConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x, context, cache: CrossAttnCache | None = None):
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
+        if cache is not None and cache.k[self.layer] is not None:
+            k, v = cache.k[self.layer], cache.v[self.layer]
+        else:
+            k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))  # (B, L, h, d)
+            v = self.v(context).unflatten(-1, (self.num_heads, -1))               # (B, L, h, d)
+            if cache is not None:
+                cache.k[self.layer], cache.v[self.layer] = k, v
+        # no key mask: all text_len tokens are attended, zero padding included, as in Wan
+        return self.o(attention(q, k, v))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanConfig, layer: int):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(cfg, layer)
+        self.norm3 = (
+            LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        )
+        self.cross_attn = CrossAttention(cfg, layer)
+        self.norm2 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, e0, context, cos, sin, mask=None, kv_cache=None, cross_cache=None):
+        """x: (B, F*N_f, D) float32; e0: (B, F, 6, D) float32; context: (B, L, D)."""
+        num_frames = e0.shape[1]
+        m = (self.modulation[:, None] + e0).unbind(2)                      # 6 x (B, F, D)
+        y = self.self_attn(_modulate(self.norm1(x), m[0], m[1], num_frames), cos, sin, mask, kv_cache)
+        x = x + _gate(y, m[2], num_frames)
+        x = x + self.cross_attn(self.norm3(x), context, cross_cache).float()
+        y = self.ffn(_modulate(self.norm2(x), m[3], m[4], num_frames))
+        return x + _gate(y, m[5], num_frames)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, e):
+        """x: (B, F*N_f, D); e: (B, F, D), the *unprojected* time embedding."""
+        shift, scale = (self.modulation[:, None] + e[:, :, None]).unbind(2)  # 2 x (B, F, D)
+        return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
+
+
+class WanDiT(nn.Module):
+    """Wan2.1 text-to-video DiT; `config.causal` selects the block-causal generator."""
+
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList([WanBlock(cfg, i) for i in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Wan2.1's initialisation: Xavier-uniform linears with zero bias, N(0, 0.02) text and time
+        embeddings, and a zero output head so a fresh model predicts zero velocity."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for m in list(self.text_embedding) + list(self.time_embedding):
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        nn.init.zeros_(self.head.head.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        return self.config.tokens_per_frame(height, width)
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, L, text_dim) -> (B, text_len, D), zero-padding to text_len before the projection."""
+        length = context.shape[1]
+        if length > self.config.text_len:
+            raise ValueError(f"context has {length} tokens, more than text_len={self.config.text_len}")
+        context = F.pad(context, (0, 0, 0, self.config.text_len - length))
+        return self.text_embedding(context.to(self.dtype))
+
+    def _time(self, t: torch.Tensor, batch: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t: (B,) or (B, F) -> e (B, F, D) and e0 (B, F, 6, D), float32."""
+        if t.dim() == 1:
+            t = t[:, None].expand(batch, num_frames)
+        if t.shape != (batch, num_frames):
+            raise ValueError(f"t must be (B,) or (B, F) = ({batch}, {num_frames}), got {tuple(t.shape)}")
+        with torch.autocast(t.device.type, enabled=False):
+            s = sinusoidal_embedding(self.config.freq_dim, t).to(self.dtype)   # (B*F, freq_dim)
+            e = self.time_embedding(s)                                         # (B*F, D)
+            e0 = self.time_projection(e).unflatten(1, (6, -1))                 # (B*F, 6, D)
+        return e.float().unflatten(0, (batch, num_frames)), e0.float().unflatten(0, (batch, num_frames))
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, H, W) -> (B, F*h*w, D) float32."""
+        x = self.patch_embedding(rearrange(x, "b f c h w -> b c f h w").to(self.dtype))
+        return rearrange(x, "b d f h w -> b (f h w) d").float()
+
+    def _unpatchify(self, x: torch.Tensor, num_frames: int, h: int, w: int) -> torch.Tensor:
+        """(B, F*h*w, C*ph*pw) -> (B, F, C, h*ph, w*pw)."""
+        _, ph, pw = self.config.patch_size
+        return rearrange(x, "b (f h w) (p q c) -> b f c (h p) (w q)", f=num_frames, h=h, w=w, p=ph, q=pw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        clean_x: torch.Tensor | None = None,
+        clean_t: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        cross_cache: CrossAttnCache | None = None,
+        start_frame: int = 0,
+    ) -> torch.Tensor:
+        """Predict the flow (velocity) of a noisy latent video.
+
+        Args:
+            x: (B, F, C, H, W) noisy latents (one chunk when `kv_cache` is given).
+            t: (B,) or (B, F) timesteps in [0, 1000].
+            context: (B, L, text_dim) text embeddings, L <= text_len.
+            clean_x, clean_t: teacher forcing: clean context frames (B, F, C, H, W) and their timesteps.
+            kv_cache, cross_cache: inference caches (causal model only).
+            start_frame: absolute latent-frame index of x[:, 0] (RoPE offset and cache position).
+        Returns:
+            v_pred: (B, F, C_out, H, W), float32.
+        """
+        cfg = self.config
+        if (kv_cache is not None or clean_x is not None) and not cfg.causal:
+            raise ValueError("KV caches and teacher forcing need a causal model (config.causal=True)")
+        if kv_cache is not None and clean_x is not None:
+            raise ValueError("teacher forcing is a training mode; it does not take a KV cache")
+        if x.dim() != 5 or x.shape[2] != cfg.in_dim:
+            raise ValueError(f"x must be (B, F, {cfg.in_dim}, H, W), got {tuple(x.shape)}")
+        autocast = (
+            torch.autocast(x.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        )
+        with autocast:
+            return self._forward(x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame)
+
+    def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame):
+        cfg = self.config
+        batch, num_frames, _, height, width = x.shape
+        _, ph, pw = cfg.patch_size
+        h, w = height // ph, width // pw
+        tokens_per_frame = cfg.tokens_per_frame(height, width)
+        positions = torch.arange(start_frame, start_frame + num_frames, device=x.device)
+
+        e, e0 = self._time(t, batch, num_frames)                            # (B, F, D), (B, F, 6, D)
+        tokens = self._patchify(x)                                          # (B, F*N_f, D)
+        mask = None
+        if clean_x is not None:
+            if clean_t is None:
+                clean_t = torch.zeros(batch, num_frames, device=x.device)
+            ce, ce0 = self._time(clean_t, batch, num_frames)
+            tokens = torch.cat([self._patchify(clean_x), tokens], dim=1)    # (B, 2*F*N_f, D)
+            e, e0 = torch.cat([ce, e], dim=1), torch.cat([ce0, e0], dim=1)  # (B, 2F, ...)
+            positions = positions.repeat(2)                                 # same RoPE for both halves
+            mask = teacher_forcing_mask(cfg, num_frames, tokens_per_frame, x.device)
+        elif cfg.causal and kv_cache is None:
+            mask = block_causal_mask(cfg, num_frames, tokens_per_frame, x.device)
+
+        cos, sin = rope_angles(cfg.head_dim, positions, h, w)               # (N, d/2)
+        if kv_cache is not None:
+            kv_cache.advance(start_frame * tokens_per_frame, tokens.shape[1])
+        if cross_cache is not None and cross_cache.filled:
+            ctx = None
+        else:
+            ctx = self.embed_text(context)                                  # (B, text_len, D)
+
+        for block in self.blocks:
+            tokens = block(tokens, e0, ctx, cos, sin, mask, kv_cache, cross_cache)
+
+        out = self.head(tokens, e).float()                                  # (B, F'*N_f, C*ph*pw)
+        if clean_x is not None:
+            out, e = out[:, num_frames * tokens_per_frame :], e[:, num_frames:]
+        return self._unpatchify(out, num_frames, h, w)

@@ -1,0 +1,149 @@
+"""Invariants of the causal DiT: cached chunk-by-chunk inference equals the parallel block-causal forward,
+the rolling cache equals the windowed mask, and the future never changes the past."""
+
+import pytest
+import torch
+
+from selfforcing.models.kv_cache import CrossAttnCache, KVCache
+from selfforcing.nn.masks import block_causal_frame_mask, frame_blocks, teacher_forcing_frame_mask
+
+H, W = 4, 6  # latent frame: 2 x 3 tokens with the (1, 2, 2) patch
+
+
+def inputs(cfg, batch=2, frames=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frames, cfg.in_dim, H, W, generator=g)
+    t = torch.rand(batch, frames, generator=g) * 1000
+    ctx = torch.randn(batch, 5, cfg.text_dim, generator=g)
+    return x, t, ctx
+
+
+def cached_forward(model, x, t, ctx, sizes, rerun=True):
+    cfg = model.config
+    cache = KVCache.empty(cfg, x.shape[0], cfg.tokens_per_frame(H, W), x.shape[1])
+    cross = CrossAttnCache.empty(cfg.num_layers)
+    outs, start = [], 0
+    for k in sizes:
+        sl = slice(start, start + k)
+        if rerun:  # a denoising step with other inputs, then the real one: the re-run overwrites its slots
+            model(torch.randn_like(x[:, sl]), t[:, sl], ctx, kv_cache=cache, cross_cache=cross, start_frame=start)
+        outs.append(model(x[:, sl], t[:, sl], ctx, kv_cache=cache, cross_cache=cross, start_frame=start))
+        start += k
+    return torch.cat(outs, 1), cache
+
+
+@pytest.mark.parametrize(
+    "overrides, frames",
+    [
+        (dict(num_frame_per_block=3), 12),                                 # chunk-wise
+        (dict(num_frame_per_block=1), 7),                                  # frame-wise
+        (dict(num_frame_per_block=3, independent_first_frame=True), 10),
+    ],
+)
+def test_cache_equals_parallel_block_causal(make_model, overrides, frames):
+    model = make_model(**overrides)
+    cfg = model.config
+    x, t, ctx = inputs(cfg, frames=frames)
+    blocks = frame_blocks(frames, cfg.num_frame_per_block, cfg.independent_first_frame)
+    sizes = torch.bincount(blocks).tolist()
+    with torch.no_grad():
+        parallel = model(x, t, ctx)
+        cached, _ = cached_forward(model, x, t, ctx, sizes)
+    assert (parallel - cached).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("k, window, sink", [(1, 4, 1), (2, 6, 2), (3, 9, 3), (3, 7, 0), (1, 3, 0)])
+def test_rolling_cache_equals_windowed_mask(make_model, k, window, sink):
+    frames = 8 * window // k * k  # several evictions
+    model = make_model(num_frame_per_block=k, local_attn_size=window, sink_size=sink)
+    x, t, ctx = inputs(model.config, batch=1, frames=frames)
+    with torch.no_grad():
+        parallel = model(x, t, ctx)
+        cached, cache = cached_forward(model, x, t, ctx, [k] * (frames // k))
+    assert cache.capacity == window * model.config.tokens_per_frame(H, W)
+    assert cache.global_end > 3 * cache.capacity
+    assert (parallel - cached).abs().max() <= 1e-4
+
+
+def test_windowed_mask_differs_from_global(make_model):
+    """The window really removes context: otherwise the test above would prove nothing."""
+    x, t, ctx = inputs(make_model().config, batch=1, frames=12)
+    with torch.no_grad():
+        windowed = make_model(num_frame_per_block=1, local_attn_size=3)(x, t, ctx)
+        full = make_model(num_frame_per_block=1)(x, t, ctx)
+    assert torch.allclose(windowed[:, :3], full[:, :3], atol=1e-5)
+    assert (windowed[:, 3:] - full[:, 3:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("overrides", [dict(num_frame_per_block=3), dict(num_frame_per_block=1),
+                                       dict(num_frame_per_block=2, local_attn_size=4, sink_size=1)])
+def test_future_never_changes_past(make_model, overrides):
+    model = make_model(**overrides)
+    cfg = model.config
+    x, t, ctx = inputs(cfg, frames=9)
+    blocks = frame_blocks(9, cfg.num_frame_per_block)
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+        for k in range(9):
+            x2, t2 = x.clone(), t.clone()
+            x2[:, k] += 1.0
+            t2[:, k] = 1000 - t2[:, k]
+            out = model(x2, t2, ctx)
+            before = blocks < blocks[k]
+            assert torch.equal(out[:, before], ref[:, before]), k
+            assert (out[:, k] - ref[:, k]).abs().max() > 1e-4  # and the frame itself does change
+
+
+def test_bidirectional_sees_the_future(make_model):
+    model = make_model("tiny")
+    x, t, ctx = inputs(model.config, frames=4)
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+        x[:, 3] += 1
+        assert (model(x, t, ctx)[:, 0] - ref[:, 0]).abs().max() > 1e-4
+
+
+def test_teacher_forcing_matches_cached_clean_context(make_model):
+    """Noisy block i under teacher forcing sees exactly the clean context blocks < i, as in inference."""
+    model = make_model(num_frame_per_block=2)
+    x, t, ctx = inputs(model.config, frames=6)
+    clean = torch.randn_like(x)
+    t_clean = torch.zeros(2, 6)
+    with torch.no_grad():
+        tf = model(x, t, ctx, clean_x=clean, clean_t=t_clean)
+        cfg = model.config
+        cache = KVCache.empty(cfg, 2, cfg.tokens_per_frame(H, W), 6)
+        outs = []
+        for s in range(0, 6, 2):
+            sl = slice(s, s + 2)
+            outs.append(model(x[:, sl], t[:, sl], ctx, kv_cache=cache, start_frame=s))
+            model(clean[:, sl], t_clean[:, sl], ctx, kv_cache=cache, start_frame=s)  # refill with clean frames
+    assert (tf - torch.cat(outs, 1)).abs().max() <= 1e-4
+
+
+def test_masks():
+    m = block_causal_frame_mask(6, 2)
+    assert m[0, 1] and not m[1, 2] and m[5, 0]
+    w = block_causal_frame_mask(8, 2, local_attn_size=4, sink_size=1)
+    # block of frames 6,7 ends at 8: sees sink frame 0 and frames 5..7
+    assert w[6].tolist() == [True, False, False, False, False, True, True, True]
+    iff = frame_blocks(7, 3, independent_first_frame=True)
+    assert iff.tolist() == [0, 1, 1, 1, 2, 2, 2]
+    tf = teacher_forcing_frame_mask(4, 2)
+    assert tf.shape == (8, 8)
+    assert not tf[:4, 4:].any()                      # clean never sees noisy
+    assert tf[6, 0] and tf[6, 1] and not tf[6, 2]    # noisy block 1 sees clean block 0 only
+    assert tf[6, 7] and not tf[6, 5]                 # and its own noisy block
+
+
+def test_cache_errors(make_model):
+    model = make_model(num_frame_per_block=2)
+    cfg = model.config
+    x, t, ctx = inputs(cfg, frames=4)
+    cache = KVCache.empty(cfg, 2, cfg.tokens_per_frame(H, W), 2)
+    with torch.no_grad():
+        model(x[:, :2], t[:, :2], ctx, kv_cache=cache, start_frame=0)
+        with pytest.raises(ValueError, match="full"):
+            model(x[:, 2:], t[:, 2:], ctx, kv_cache=cache, start_frame=2)
+        with pytest.raises(ValueError, match="in order"):
+            model(x[:, 2:], t[:, 2:], ctx, kv_cache=KVCache.empty(cfg, 2, 6, 4), start_frame=2)
