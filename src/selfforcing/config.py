@@ -160,3 +160,24 @@ def tiny() -> WanConfig:
 @register_preset("tiny-causal")
 def tiny_causal() -> WanConfig:
     return dataclasses.replace(tiny(), causal=True, num_frame_per_block=2)
+
+
+@register_preset("world")
+def world() -> WanConfig:
+    """The synthetic world's bidirectional model (teacher, critic): 64x64 RGB video through the lossless
+    space-to-depth-4 codec (48 channels at 16x16, 64 tokens a frame), MiniLM text (384 wide, 32 tokens)."""
+    return WanConfig(
+        dim=256, ffn_dim=1024, num_heads=4, num_layers=6, in_dim=48, out_dim=48,
+        freq_dim=256, text_dim=384, text_len=32,
+    )
+
+
+@register_preset("world-causal")
+def world_causal() -> WanConfig:
+    """The synthetic world's chunk-wise causal generator (3 frames a block)."""
+    return dataclasses.replace(world(), causal=True, num_frame_per_block=3)
+
+
+@register_preset("world-causal-framewise")
+def world_causal_framewise() -> WanConfig:
+    return dataclasses.replace(world(), causal=True, num_frame_per_block=1)

@@ -52,7 +52,8 @@ def _expand_like(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Right-pad sigma's shape with ones so it broadcasts against x from the leading dims."""
     if sigma.ndim > x.ndim:
         raise ValueError(f"t of shape {tuple(sigma.shape)} cannot broadcast against x of shape {tuple(x.shape)}")
-    return sigma.reshape(*sigma.shape, *([1] * (x.ndim - sigma.ndim)))  # (B,) -> (B, 1, 1, 1, 1); (B, F) -> (B, F, 1, 1, 1)
+    # (B,) -> (B, 1, 1, 1, 1); (B, F) -> (B, F, 1, 1, 1)
+    return sigma.reshape(*sigma.shape, *([1] * (x.ndim - sigma.ndim)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,10 @@ class FlowMatching:
     # ------------------------------------------------------------------------------------ training
     @property
     def training_weights(self) -> torch.Tensor:
-        """(N,) float32 diffusion-training weights over the grid: y = exp(-2((t - N/2)/N)²), w ∝ y - min y, Σw = N."""
+        """(N,) float32 diffusion-training weights over the grid (spec §3).
+
+        y = exp(-2((t - N/2)/N)²), w = (y - min y)·N / Σ(y - min y): zero at the noisiest entry, Σw = N.
+        """
         n = self.num_train_timesteps
         t = self.timesteps
         y = torch.exp(-2 * ((t - n / 2) / n) ** 2)
@@ -183,7 +187,10 @@ class FlowMatching:
         return self.training_weights.to(t.device)[self._nearest_index(t)]
 
     def sample_timesteps(
-        self, shape: Sequence[int], generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Training timesteps drawn uniformly from the grid (TF / DF / CausVid baselines, spec §4(e)).
 

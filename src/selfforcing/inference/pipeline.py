@@ -24,6 +24,7 @@ import torch
 
 from ..diffusion.flow import FlowMatching
 from ..diffusion.samplers import cfg as apply_cfg
+from ..diffusion.samplers import sample_dpmpp_2m, sample_euler
 from ..models.codec import VideoCodec
 from ..models.kv_cache import CrossAttnCache, KVCache
 from ..models.wan import WanDiT
@@ -41,6 +42,7 @@ class SamplingConfig:
         shift: flow-matching shift of the generator (5 for Self-Forcing).
         num_inference_steps: if set, integrate with this many Euler steps per chunk instead of the
             few-step list (multi-step causal diffusion: the TF / DF baselines).
+        sampler: the multi-step solver, "euler" or "dpmpp-2m".
         guidance_scale: classifier-free guidance in velocity space, u + g (c - u); 1 disables it.
         context_noise: timestep of the cache-refill pass (0: clean context).
     """
@@ -49,8 +51,20 @@ class SamplingConfig:
     warp: bool = True
     shift: float = 5.0
     num_inference_steps: int | None = None
+    sampler: str = "euler"
     guidance_scale: float = 1.0
     context_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in MULTISTEP_SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(MULTISTEP_SAMPLERS)}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be positive")
+        if not self.denoising_steps:
+            raise ValueError("denoising_steps must not be empty")
+
+
+MULTISTEP_SAMPLERS = {"euler": sample_euler, "dpmpp-2m": sample_dpmpp_2m}
 
 
 @dataclass
@@ -253,10 +267,10 @@ class StreamingPipeline:
     def _denoise_chunk(self, x_t, start, contexts, caches, history, generators):
         if self.sampling.num_inference_steps is not None:
             sigmas = self.flow.sampling_sigmas(self.sampling.num_inference_steps)
-            for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-                v = self._velocity(x_t, 1000 * sigma, start, contexts, caches, history)
-                x_t = x_t + v * float(sigma_next - sigma)                   # Euler step
-            return x_t
+            sampler = MULTISTEP_SAMPLERS[self.sampling.sampler]
+            return sampler(
+                lambda x, sigma: self._velocity(x, 1000 * float(sigma), start, contexts, caches, history), x_t, sigmas
+            )
         timesteps = self.timesteps()
         for i, t in enumerate(timesteps):
             v = self._velocity(x_t, t, start, contexts, caches, history)

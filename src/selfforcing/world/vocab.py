@@ -41,11 +41,11 @@ SHAPE_EXTENT = {
 }
 
 # --- colours ----------------------------------------------------------------------------------------------
-# Saturated or bright colours, at least ~100 RGB units from each other and ~150 from every background pixel
+# Saturated or bright colours, more than 100 RGB units from each other and 150 from every background pixel
 # (tests/test_world.py checks both margins), so an evaluator can segment objects by colour alone.
 PALETTE = {
     "red": (225, 25, 35),
-    "green": (40, 200, 70),
+    "green": (50, 215, 70),
     "blue": (40, 100, 255),
     "yellow": (240, 230, 30),
     "cyan": (40, 225, 235),

@@ -1,0 +1,203 @@
+"""The `selfforcing` command line: generate, info, bench, world.
+
+Bad input gets one line on stderr and exit status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("selfforcing")
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt, streaming chunk by chunk")
+    p.add_argument("prompt", help="text prompt (short prompts are extended into detailed captions)")
+    p.add_argument("-o", "--output", default="out.mp4", help="output video file (default: out.mp4)")
+    p.add_argument("--frames", type=int, default=None, help="number of video frames (default: the training length)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the packaged model)")
+    p.add_argument("--no-extend", action="store_true", help="use the prompt as given, without the prompt extender")
+    p.add_argument("--local-attn-size", type=int, default=None,
+                   help="rolling-cache window in latent frames, for videos past the training length")
+    p.add_argument("--sink-size", type=int, default=None, help="sink frames kept by the rolling cache")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="generator precision (default: as stored)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a checkpoint: layout, config, parameter count")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure streaming speed, KV-cache speed-up, rolling-cache cost and FLOP/s")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--preset", default="world-causal", help="model preset (default: world-causal, random weights)")
+    p.add_argument("--height", type=int, default=16, help="latent height (default: 16)")
+    p.add_argument("--width", type=int, default=16, help="latent width (default: 16)")
+    p.add_argument("--frames", type=int, default=21, help="latent frames of the streamed video (default: 21)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: the dtype with the fastest measured matmul on this machine")
+    p.add_argument("--window", type=int, default=9, help="rolling window W in latent frames (default: 9)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke test")
+    p.add_argument("--skip", nargs="*", default=[], choices=["stream", "kv", "rolling", "peak"],
+                   help="sections to skip")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfforcing",
+        description="Self-Forcing autoregressive video diffusion: generate, inspect, benchmark, train.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_info(sub)
+    _add_bench(sub)
+    try:
+        from .world import cli as world_cli
+    except ImportError:
+        world_cli = None
+    if world_cli is not None:
+        w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
+        world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_generate(args) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from .inference.loading import load_pipeline
+    from .inference.pipeline import chunk_sizes
+    from .io.video import VideoWriter, check_writable
+
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.frames is not None and args.frames <= 0:
+        raise UsageError(f"--frames must be positive, got {args.frames}")
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
+    check_writable(args.output)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    overrides = {k: v for k, v in (("local_attn_size", args.local_attn_size), ("sink_size", args.sink_size)) if v is not None}
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None)
+    cfg = pipe.config
+    num_pixel = args.frames if args.frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
+    if num_pixel % pipe.codec.temporal_factor:
+        raise UsageError(f"--frames must be a multiple of {pipe.codec.temporal_factor}")
+    num_latent = num_pixel // pipe.codec.temporal_factor
+    try:
+        sizes = chunk_sizes(num_latent, cfg.num_frame_per_block, cfg.independent_first_frame)
+    except ValueError as err:
+        raise UsageError(f"--frames {num_pixel}: {err}") from None
+    if not cfg.rolling and num_latent > spec.train_frames:
+        log.warning("%d frames is past the training length %d with a global cache; "
+                    "pass --local-attn-size for a rolling cache", num_latent, spec.train_frames)
+
+    prompt = args.prompt
+    if spec.prompt_extender == "world" and not args.no_extend:
+        from .world import extend_prompt
+
+        prompt = extend_prompt(prompt)
+        if prompt != args.prompt:
+            log.info("extended prompt: %s", prompt)
+
+    t0 = time.perf_counter()
+    first = None
+    with VideoWriter(args.output, fps=spec.fps) as writer, tqdm(
+        total=num_pixel, unit="frame", desc="generating", disable=None
+    ) as bar:
+        for chunk in pipe.stream(prompt, num_frames=num_latent, seeds=[args.seed]):
+            first = first or time.perf_counter() - t0
+            writer.write(chunk.frames[0])
+            bar.update(chunk.frames.shape[1])
+    elapsed = time.perf_counter() - t0
+    print(
+        f"wrote {args.output}: {num_pixel} frames in {len(sizes)} chunks, {elapsed:.2f} s "
+        f"({num_pixel / elapsed:.1f} frames/s, first chunk after {first:.2f} s)"
+    )
+
+
+def cmd_info(args) -> None:
+    from .io.checkpoints import describe_checkpoint
+
+    if not Path(args.checkpoint).exists():
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
+    info = describe_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+
+
+def cmd_bench(args) -> None:
+    from .bench import BenchConfig, format_report, run_bench
+
+    report = run_bench(BenchConfig(
+        preset=args.preset, height=args.height, width=args.width, frames=args.frames, device=args.device,
+        dtype=args.dtype, window=args.window, quick=args.quick, skip=tuple(args.skip),
+    ))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        if args.command == "world":
+            from .world import cli as world_cli
+
+            world_cli.run(args)
+        else:
+            COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"selfforcing: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Building a ready-to-use streaming pipeline from a checkpoint.
+
+A project checkpoint stores, beside the generator's weights and `WanConfig`, a `PipelineSpec`: the pixel
+resolution, frame rate, codec, text encoder and sampling settings it was trained with. `load_pipeline`
+reads both and assembles generator + text encoder + codec. With no path it loads the default model shipped
+inside the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..config import get_preset
+from ..models.codec import SpaceToDepthCodec, VideoCodec
+from ..models.wan import WanDiT
+from .pipeline import SamplingConfig, StreamingPipeline
+
+__all__ = [
+    "PipelineSpec",
+    "load_pipeline",
+    "default_checkpoint",
+    "make_codec",
+    "make_text_encoder",
+    "read_pipeline_spec",
+    "PIPELINE_METADATA_KEY",
+]
+
+log = logging.getLogger(__name__)
+
+PIPELINE_METADATA_KEY = "selfforcing.pipeline"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything besides the generator that generation needs.
+
+    Attributes:
+        height, width: pixel size of the video.
+        fps: frames per second of the written video.
+        codec: "space-to-depth-N" (lossless pixel-space codec with N x N patches).
+        text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings).
+        text_max_length: tokens kept per prompt.
+        prompt_extender: "world" expands short prompts into detailed captions; None disables it.
+        train_frames: latent frames per training clip (the training window).
+        sampling: how chunks are denoised.
+    """
+
+    height: int = 64
+    width: int = 64
+    fps: int = 16
+    codec: str = "space-to-depth-4"
+    text_encoder: str = "minilm"
+    text_max_length: int = 32
+    prompt_extender: str | None = "world"
+    train_frames: int = 21
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineSpec":
+        d = dict(d)
+        sampling = d.pop("sampling", {})
+        sampling["denoising_steps"] = tuple(sampling.get("denoising_steps", SamplingConfig.denoising_steps))
+        return cls(sampling=SamplingConfig(**sampling), **d)
+
+
+def make_codec(name: str) -> VideoCodec:
+    if name.startswith("space-to-depth-"):
+        return SpaceToDepthCodec(int(name.rsplit("-", 1)[1]))
+    raise ValueError(f"unknown codec {name!r}")
+
+
+def make_text_encoder(name: str, max_length: int):
+    if name == "minilm":
+        from ..text import MiniLMTextEncoder
+
+        return MiniLMTextEncoder(max_length=max_length)
+    raise ValueError(f"unknown text encoder {name!r}")
+
+
+def default_checkpoint() -> Path | None:
+    """The generator shipped inside the package, or None if this build ships none."""
+    path = Path(str(resources.files("selfforcing") / "assets" / "default" / "generator.safetensors"))
+    return path if path.is_file() else None
+
+
+def read_pipeline_spec(path: str | Path) -> PipelineSpec | None:
+    """The PipelineSpec stored in a project checkpoint's metadata, if any."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return PipelineSpec.from_dict(json.loads(meta[PIPELINE_METADATA_KEY])) if PIPELINE_METADATA_KEY in meta else None
+
+
+def load_pipeline(
+    checkpoint: str | Path | None = None,
+    *,
+    spec: PipelineSpec | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    overrides: dict | None = None,
+    text_encoder=None,
+) -> tuple[StreamingPipeline, PipelineSpec]:
+    """Load a streaming pipeline and its spec.
+
+    Args:
+        checkpoint: a generator checkpoint (any layout `load_transformer` reads); None = the packaged
+            default, or, if no default is shipped, a randomly initialised `world-causal` model (with a warning).
+        spec: overrides the spec stored in the checkpoint.
+        device, dtype: where and in which precision the generator runs.
+        overrides: WanConfig fields changing the attention layout (e.g. local_attn_size, sink_size).
+        text_encoder: an already built text encoder to reuse.
+    """
+    from ..io.checkpoints import load_transformer
+
+    if checkpoint is None:
+        checkpoint = default_checkpoint()
+    if checkpoint is None:
+        log.warning("no trained default model is shipped in this build: generating with random weights")
+        generator = WanDiT(get_preset("world-causal").replace(**(overrides or {})))
+        spec = spec or PipelineSpec()
+    else:
+        generator = load_transformer(checkpoint, causal=True, overrides=overrides, device=device, dtype=dtype)
+        spec = spec or read_pipeline_spec(checkpoint) or PipelineSpec()
+    generator = generator.to(device=device, dtype=dtype or generator.dtype)
+    codec = make_codec(spec.codec)
+    if codec.latent_channels != generator.config.in_dim:
+        raise ValueError(
+            f"codec {spec.codec} gives {codec.latent_channels} channels but the model takes {generator.config.in_dim}"
+        )
+    if text_encoder is None:
+        text_encoder = make_text_encoder(spec.text_encoder, spec.text_max_length)
+    if text_encoder.dim != generator.config.text_dim:
+        raise ValueError(f"text encoder gives {text_encoder.dim}-wide embeddings, the model takes {generator.config.text_dim}")
+    latent = (spec.height // codec.spatial_factor, spec.width // codec.spatial_factor)
+    pipe = StreamingPipeline(generator, latent, text_encoder=text_encoder, codec=codec, sampling=spec.sampling)
+    return pipe, spec
