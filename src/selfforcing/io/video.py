@@ -68,6 +68,9 @@ class VideoWriter:
         if self.num_frames == 0:
             self._tmp.unlink(missing_ok=True)
             raise ValueError("no frames were written")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(self._tmp, self.path)
         return self.path
 

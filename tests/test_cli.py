@@ -1,0 +1,79 @@
+"""The command line: a real generate run, and one clear line plus exit 2 for every kind of bad input."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from selfforcing.cli import main
+from selfforcing.config import get_preset
+from selfforcing.inference.loading import PIPELINE_METADATA_KEY, PipelineSpec
+from selfforcing.io.checkpoints import save_transformer
+from selfforcing.models.wan import WanDiT
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small random world generator saved with its pipeline spec."""
+    cfg = get_preset("world-causal").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "gen.safetensors"
+    save_transformer(WanDiT(cfg), path, extra_metadata={PIPELINE_METADATA_KEY: json.dumps(PipelineSpec(train_frames=6).to_dict())})
+    return path
+
+
+def test_generate_writes_video(checkpoint, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "a red circle moves right", "-o", str(out), "--checkpoint", str(checkpoint),
+                 "--frames", "9", "--seed", "3"]) == 0
+    frames = iio.imread(out)
+    assert frames.shape == (9, 64, 64, 3)
+    assert "wrote" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temporary files left behind
+
+
+def test_info(checkpoint, capsys):
+    assert main(["info", str(checkpoint), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "selfforcing" and info["num_params"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "  ", "-o", "{tmp}/a.mp4"], "prompt is empty"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--frames", "4", "--checkpoint", "{ckpt}"], "multiple of 3"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--frames", "-3"], "positive"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--seed", "-1"], "non-negative"),
+        (["generate", "x", "-o", "{tmp}/missing/a.mp4"], "does not exist"),
+        (["generate", "x", "-o", "{tmp}/a.txt"], "video file"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--checkpoint", "{tmp}/nope.pt"], "does not exist"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--checkpoint", "{junk}"], "neither"),
+        (["info", "{tmp}/nope"], "does not exist"),
+        (["info", "{junk}"], "neither"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path, checkpoint, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    args = [a.format(tmp=tmp_path, ckpt=checkpoint, junk=junk) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".partial*"))
+
+
+def test_incompatible_checkpoint(tmp_path, capsys):
+    path = tmp_path / "tiny.safetensors"
+    save_transformer(WanDiT(get_preset("tiny-causal")), path)
+    assert main(["generate", "x", "-o", str(tmp_path / "a.mp4"), "--checkpoint", str(path)]) == 2
+    assert "channels" in capsys.readouterr().err
+
+
+def test_bench_quick_json(capsys):
+    assert main(["bench", "--json", "--quick", "--preset", "tiny-causal", "--height", "4", "--width", "4",
+                 "--frames", "6", "--window", "4", "--skip", "peak"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stream"]["fps"] > 0 and report["kv_cache"]["speedup"] > 0
+    assert report["rolling"]["latent_frames"] >= 10 * report["rolling"]["window_frames"]
