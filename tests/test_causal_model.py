@@ -147,3 +147,26 @@ def test_cache_errors(make_model):
             model(x[:, 2:], t[:, 2:], ctx, kv_cache=cache, start_frame=2)
         with pytest.raises(ValueError, match="in order"):
             model(x[:, 2:], t[:, 2:], ctx, kv_cache=KVCache.empty(cfg, 2, 6, 4), start_frame=2)
+
+
+def test_gradient_step_with_cache(make_model):
+    """A step with gradient attends to the cached context as constants and leaves the buffer untouched;
+    its output equals the no-grad step, and a later refill + backward still works."""
+    model = make_model(num_frame_per_block=2)
+    cfg = model.config
+    x, t, ctx = inputs(cfg, frames=4)
+    cache = KVCache.empty(cfg, 2, cfg.tokens_per_frame(H, W), 4)
+    cross = CrossAttnCache.empty(cfg.num_layers)
+    with torch.no_grad():
+        model(x[:, :2], t[:, :2], ctx, kv_cache=cache, cross_cache=cross, start_frame=0)
+        ref = model(x[:, 2:], t[:, 2:], ctx, kv_cache=cache, cross_cache=cross, start_frame=2)
+    before = cache.k.clone()
+    x_chunk = x[:, 2:].clone().requires_grad_(True)
+    out = model(x_chunk, t[:, 2:], ctx, kv_cache=cache, cross_cache=cross, start_frame=2)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.equal(cache.k, before)
+    with torch.no_grad():  # the refill pass overwrites the chunk's slots in place
+        model(x[:, 2:], torch.zeros(2, 2), ctx, kv_cache=cache, cross_cache=cross, start_frame=2)
+    out.square().mean().backward()
+    assert x_chunk.grad.abs().sum() > 0
+    assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0  # text keys are not frozen by the cache

@@ -130,6 +130,13 @@ class KVCache:
         if n != self._chunk:
             raise ValueError(f"advance() reserved {self._chunk} tokens, got {n}")
         lo = self.local_end - n
+        if k.requires_grad or v.requires_grad:
+            # A training step with gradient (Self-Forcing's exit step): attend to the cached context as
+            # constants plus the chunk's own keys, and leave the buffer free of autograd history. The
+            # cache-refill pass that follows, without gradient, writes the chunk's slots.
+            keys = torch.cat([self.k[layer, :, :lo], k.to(self.k.dtype)], dim=1)
+            values = torch.cat([self.v[layer, :, :lo], v.to(self.v.dtype)], dim=1)
+            return keys, values
         self.k[layer, :, lo : self.local_end] = k.to(self.k.dtype)
         self.v[layer, :, lo : self.local_end] = v.to(self.v.dtype)
         return self.k[layer, :, : self.local_end], self.v[layer, :, : self.local_end]

@@ -297,6 +297,8 @@ class WanDiT(nn.Module):
         cos, sin = rope_angles(cfg.head_dim, positions, h, w)               # (N, d/2)
         if kv_cache is not None:
             kv_cache.advance(start_frame * tokens_per_frame, tokens.shape[1])
+        if torch.is_grad_enabled():
+            cross_cache = None  # cached text keys carry no gradient to the cross-attention weights
         if cross_cache is not None and cross_cache.filled:
             ctx = None
         else:
