@@ -1,0 +1,111 @@
+"""ODE pairs on disk: teacher trajectories stored in shards that stream from disk.
+
+A folder holds `shard_NNNNN.safetensors` files, each with
+- `states`: (N, S + 1, F, C, H, W) float16, the kept trajectory states then the clean end point,
+- `timesteps`: (S + 1,) float32,
+- `context_index`: (N,) int64, the row of the prompt in `prompts.jsonl`,
+and a `prompts.jsonl` with one prompt per line. `ODEPairDataset` reads one sample at a time through
+`safe_open` slices, so the whole set never has to fit in memory. Shards are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["ODEPairWriter", "ODEPairDataset"]
+
+
+class ODEPairWriter:
+    """Append trajectories; every `shard_size` samples a shard is written."""
+
+    def __init__(self, root: str | Path, shard_size: int = 64):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self._states: list[torch.Tensor] = []
+        self._prompt_rows: list[int] = []
+        self._timesteps: torch.Tensor | None = None
+        self._prompts: list[str] = []
+        self._num_shards = len(list(self.root.glob("shard_*.safetensors")))
+        prompts_file = self.root / "prompts.jsonl"
+        if prompts_file.exists():
+            self._prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
+
+    def add(self, states: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> None:
+        """states: (B, S + 1, F, C, H, W); prompts: B strings."""
+        if self._timesteps is None:
+            self._timesteps = timesteps.float().cpu()
+        elif not torch.equal(self._timesteps, timesteps.float().cpu()):
+            raise ValueError("all trajectories of one set must keep the same timesteps")
+        for sample, prompt in zip(states.half().cpu(), prompts):
+            self._prompt_rows.append(len(self._prompts))
+            self._prompts.append(prompt)
+            self._states.append(sample)
+        while len(self._states) >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        tensors = {
+            "states": torch.stack(self._states[:n]).contiguous(),
+            "timesteps": self._timesteps,
+            "context_index": torch.tensor(self._prompt_rows[:n]),
+        }
+        path = self.root / f"shard_{self._num_shards:05d}.safetensors"
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+        self._num_shards += 1
+        del self._states[:n], self._prompt_rows[:n]
+        self._write_prompts()
+
+    def _write_prompts(self) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps({"prompt": p}) + "\n" for p in self._prompts)
+        os.replace(tmp, self.root / "prompts.jsonl")
+
+    def close(self) -> None:
+        if self._states:
+            self._flush(len(self._states))
+
+    def __enter__(self) -> "ODEPairWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ODEPairDataset(torch.utils.data.Dataset):
+    """Map-style dataset of (states float32 (S+1, F, C, H, W), timesteps (S+1,), prompt)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.shards = sorted(self.root.glob("shard_*.safetensors"))
+        if not self.shards:
+            raise ValueError(f"no ODE pairs (shard_*.safetensors) in {str(self.root)!r}")
+        self.prompts = [json.loads(line)["prompt"] for line in (self.root / "prompts.jsonl").read_text().splitlines()]
+        self.index: list[tuple[int, int]] = []
+        for s, path in enumerate(self.shards):
+            with safe_open(str(path), framework="pt") as f:
+                n = f.get_slice("states").get_shape()[0]
+                if s == 0:
+                    self.timesteps = f.get_tensor("timesteps")
+            self.index.extend((s, i) for i in range(n))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        shard, row = self.index[i]
+        with safe_open(str(self.shards[shard]), framework="pt") as f:
+            states = f.get_slice("states")[row : row + 1][0].float()
+            prompt = self.prompts[int(f.get_slice("context_index")[row : row + 1][0])]
+        return states, self.timesteps, prompt
