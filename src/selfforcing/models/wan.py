@@ -246,7 +246,8 @@ class WanDiT(nn.Module):
         kv_cache: KVCache | None = None,
         cross_cache: CrossAttnCache | None = None,
         start_frame: int = 0,
-    ) -> torch.Tensor:
+        hidden_layers: tuple[int, ...] = (),
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Predict the flow (velocity) of a noisy latent video.
 
         Args:
@@ -256,8 +257,10 @@ class WanDiT(nn.Module):
             clean_x, clean_t: teacher forcing: clean context frames (B, F, C, H, W) and their timesteps.
             kv_cache, cross_cache: inference caches (causal model only).
             start_frame: absolute latent-frame index of x[:, 0] (RoPE offset and cache position).
+            hidden_layers: also return the token states (B, N, D) after these blocks (the GAN
+                discriminator reads them).
         Returns:
-            v_pred: (B, F, C_out, H, W), float32.
+            v_pred: (B, F, C_out, H, W), float32; with hidden_layers, (v_pred, [hidden states]).
         """
         cfg = self.config
         if (kv_cache is not None or clean_x is not None) and not cfg.causal:
@@ -270,9 +273,12 @@ class WanDiT(nn.Module):
             torch.autocast(x.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         )
         with autocast:
-            return self._forward(x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame)
+            v_pred, hidden = self._forward(
+                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers
+            )
+        return (v_pred, hidden) if hidden_layers else v_pred
 
-    def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame):
+    def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers):
         cfg = self.config
         batch, num_frames, _, height, width = x.shape
         _, ph, pw = cfg.patch_size
@@ -304,10 +310,13 @@ class WanDiT(nn.Module):
         else:
             ctx = self.embed_text(context)                                  # (B, text_len, D)
 
-        for block in self.blocks:
+        hidden = []
+        for i, block in enumerate(self.blocks):
             tokens = block(tokens, e0, ctx, cos, sin, mask, kv_cache, cross_cache)
+            if i in hidden_layers:
+                hidden.append(tokens)
 
         out = self.head(tokens, e).float()                                  # (B, F'*N_f, C*ph*pw)
         if clean_x is not None:
             out, e = out[:, num_frames * tokens_per_frame :], e[:, num_frames:]
-        return self._unpatchify(out, num_frames, h, w)
+        return self._unpatchify(out, num_frames, h, w), hidden
