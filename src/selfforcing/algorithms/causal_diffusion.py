@@ -1,0 +1,101 @@
+"""The baselines the paper compares against (spec §4(e)): causal diffusion with Teacher Forcing or Diffusion
+Forcing, and DMD on their inputs (CausVid = DF + DMD, and TF + DMD).
+
+- **Teacher Forcing (TF)**: the causal model denoises every block given the *clean ground-truth* previous blocks
+  (the [clean ; noisy] teacher-forcing layout of `WanDiT`).
+- **Diffusion Forcing (DF)**: every block gets its own noise level and sees the *noisy* previous blocks.
+Both train on real videos with the flow-matching loss MSE(v, ε − x_0), weighted by the training weight, with
+one timestep per block drawn from the shifted grid. At inference they are sampled with many steps and guidance;
+their train-test gap (clean or noisy ground truth in training, own imperfect outputs at inference) is what
+Self-Forcing removes.
+
+`one_pass_sample` is the generator of CausVid-style DMD: a real video noised per block at a random step of the
+few-step list, denoised in one parallel forward; its x_0 prediction is the clip DMD scores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..diffusion.flow import FlowMatching
+from ..models.wan import WanDiT
+from ..nn.masks import frame_blocks
+
+__all__ = ["per_block_timesteps", "causal_diffusion_loss", "one_pass_sample"]
+
+
+def _blocks(generator: WanDiT, num_frames: int) -> torch.Tensor:
+    cfg = generator.config
+    return frame_blocks(num_frames, cfg.num_frame_per_block, cfg.independent_first_frame)
+
+
+def per_block_timesteps(
+    generator: WanDiT, batch: int, num_frames: int, flow: FlowMatching, rng: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, F) timesteps drawn uniformly from the shifted grid, one per block."""
+    blocks = _blocks(generator, num_frames)
+    t = flow.sample_timesteps((batch, int(blocks[-1]) + 1), generator=rng)
+    return t[:, blocks]
+
+
+def causal_diffusion_loss(
+    generator: WanDiT,
+    x_0: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    flow: FlowMatching,
+    teacher_forcing: bool,
+    weighted: bool = True,
+    rng: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Flow-matching loss of a causal model on real clips, with Teacher Forcing or Diffusion Forcing.
+
+    Args:
+        generator: causal WanDiT.
+        x_0: (B, F, C, H, W) real latents.
+        context: (B, L, D) prompt embeddings (already dropped out for guidance by the caller).
+        teacher_forcing: give the clean ground truth as context (TF) or not (DF).
+        weighted: multiply the per-frame loss by the training weight of its timestep.
+    """
+    batch, num_frames = x_0.shape[:2]
+    t = per_block_timesteps(generator, batch, num_frames, flow, rng).to(x_0.device)     # (B, F)
+    eps = torch.randn(x_0.shape, generator=rng).to(x_0.device, x_0.dtype)
+    x_t = flow.add_noise(x_0, eps, t)
+    if teacher_forcing:
+        v_pred = generator(x_t, t, context, clean_x=x_0, clean_t=torch.zeros_like(t))
+    else:
+        v_pred = generator(x_t, t, context)
+    per_frame = (v_pred.float() - flow.target_velocity(x_0, eps).float()).square().mean(dim=(2, 3, 4))  # (B, F)
+    if weighted:
+        per_frame = per_frame * flow.training_weight(t).to(per_frame)
+    loss = per_frame.mean()
+    name = "tf" if teacher_forcing else "df"
+    return loss, {f"{name}/loss": loss.detach(), f"{name}/t": t.float().mean()}
+
+
+def one_pass_sample(
+    generator: WanDiT,
+    x_real: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    flow: FlowMatching,
+    timesteps: torch.Tensor,
+    teacher_forcing: bool,
+    rng: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The generator's x_0 prediction from a real clip noised per block at random few-step timesteps.
+
+    CausVid (DF + DMD) denoises all blocks in one block-causal forward over noisy inputs; TF + DMD gives the
+    clean real previous blocks as context. Returns (B, F, C, H, W) with gradient.
+    """
+    batch, num_frames = x_real.shape[:2]
+    blocks = _blocks(generator, num_frames)
+    index = torch.randint(len(timesteps), (batch, int(blocks[-1]) + 1), generator=rng)[:, blocks]
+    t = timesteps.float()[index].to(x_real.device)                                      # (B, F)
+    eps = torch.randn(x_real.shape, generator=rng).to(x_real.device, x_real.dtype)
+    x_t = flow.add_noise(x_real, eps, t)
+    if teacher_forcing:
+        v = generator(x_t, t, context, clean_x=x_real, clean_t=torch.zeros_like(t))
+    else:
+        v = generator(x_t, t, context)
+    return flow.x0_from_velocity(x_t, v, t)
