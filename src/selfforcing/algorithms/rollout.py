@@ -72,7 +72,7 @@ def self_forcing_rollout(
     grad_start = 0 if grad_frames is None else max(0, num_frames - grad_frames)
     tokens_per_frame = cfg.tokens_per_frame(height, width)
     kv_cache = KVCache.empty(cfg, batch, tokens_per_frame, num_frames, device=noise.device,
-                             dtype=generator.dtype if generator.dtype != torch.float32 else torch.float32)
+                             dtype=generator.dtype)
     cross_cache = CrossAttnCache.empty(cfg.num_layers)
 
     def fresh(like: torch.Tensor) -> torch.Tensor:

@@ -208,7 +208,7 @@ class StreamingPipeline:
 
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         noise = self._noise(generators, num_frames)                         # (B, F, C, h, w)
-        dtype = self.generator.dtype if self.generator.dtype != torch.float32 else torch.float32
+        dtype = self.generator.dtype
         caches = [
             (KVCache.empty(self.config, batch, self.tokens_per_frame, num_frames, device=self.device, dtype=dtype),
              CrossAttnCache.empty(self.config.num_layers))
