@@ -71,13 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_info(sub)
     _add_bench(sub)
-    try:
-        from .world import cli as world_cli
-    except ImportError:
-        world_cli = None
-    if world_cli is not None:
-        w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
-        world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
+    from .training import cli as train_cli
+    from .world import cli as world_cli
+
+    train_cli.add_parser(sub)
+    w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
+    world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
     return parser
 
 
@@ -185,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             from .world import cli as world_cli
 
             world_cli.run(args)
+        elif args.command == "train":
+            from .training import cli as train_cli
+
+            train_cli.run(args)
         else:
             COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -165,10 +165,10 @@ def tiny_causal() -> WanConfig:
 @register_preset("world")
 def world() -> WanConfig:
     """The synthetic world's bidirectional model (teacher, critic): 64x64 RGB video through the lossless
-    space-to-depth-4 codec (48 channels at 16x16, 64 tokens a frame), MiniLM text (384 wide, 32 tokens)."""
+    space-to-depth-4 codec (48 channels at 16x16, 64 tokens a frame), MiniLM text (384 wide, 64 tokens: detailed captions run to ~70)."""
     return WanConfig(
-        dim=256, ffn_dim=1024, num_heads=4, num_layers=6, in_dim=48, out_dim=48,
-        freq_dim=256, text_dim=384, text_len=32,
+        dim=256, ffn_dim=1024, num_heads=4, num_layers=4, in_dim=48, out_dim=48,
+        freq_dim=256, text_dim=384, text_len=64,
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import get_preset
-from ..models.codec import SpaceToDepthCodec, VideoCodec
+from ..models.codec import LatentNorm, SpaceToDepthCodec, VideoCodec
 from ..models.wan import WanDiT
 from .pipeline import SamplingConfig, StreamingPipeline
 
@@ -45,6 +45,8 @@ class PipelineSpec:
         height, width: pixel size of the video.
         fps: frames per second of the written video.
         codec: "space-to-depth-N" (lossless pixel-space codec with N x N patches).
+        latent_mean, latent_std: the fixed latent normalisation the generator was trained with, one value
+            per channel group (see `models/codec.py`).
         text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings).
         text_max_length: tokens kept per prompt.
         prompt_extender: "world" expands short prompts into detailed captions; None disables it.
@@ -56,8 +58,10 @@ class PipelineSpec:
     width: int = 64
     fps: int = 16
     codec: str = "space-to-depth-4"
+    latent_mean: tuple[float, ...] = (0.0,)
+    latent_std: tuple[float, ...] = (1.0,)
     text_encoder: str = "minilm"
-    text_max_length: int = 32
+    text_max_length: int = 64
     prompt_extender: str | None = "world"
     train_frames: int = 21
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -70,13 +74,16 @@ class PipelineSpec:
         d = dict(d)
         sampling = d.pop("sampling", {})
         sampling["denoising_steps"] = tuple(sampling.get("denoising_steps", SamplingConfig.denoising_steps))
+        for key in ("latent_mean", "latent_std"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(sampling=SamplingConfig(**sampling), **d)
 
 
-def make_codec(name: str) -> VideoCodec:
-    if name.startswith("space-to-depth-"):
-        return SpaceToDepthCodec(int(name.rsplit("-", 1)[1]))
-    raise ValueError(f"unknown codec {name!r}")
+def make_codec(spec: PipelineSpec) -> VideoCodec:
+    if spec.codec.startswith("space-to-depth-"):
+        return SpaceToDepthCodec(int(spec.codec.rsplit("-", 1)[1]), LatentNorm(spec.latent_mean, spec.latent_std))
+    raise ValueError(f"unknown codec {spec.codec!r}")
 
 
 def make_text_encoder(name: str, max_length: int):
@@ -136,7 +143,7 @@ def load_pipeline(
         generator = load_transformer(checkpoint, causal=True, overrides=overrides, device=device, dtype=dtype)
         spec = spec or read_pipeline_spec(checkpoint) or PipelineSpec()
     generator = generator.to(device=device, dtype=dtype or generator.dtype)
-    codec = make_codec(spec.codec)
+    codec = make_codec(spec)
     if codec.latent_channels != generator.config.in_dim:
         raise ValueError(
             f"codec {spec.codec} gives {codec.latent_channels} channels but the model takes {generator.config.in_dim}"

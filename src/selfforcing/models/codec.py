@@ -5,21 +5,72 @@ decode chunk by chunk as the generator finishes them, through `decoder()`, a sta
 `decode(latent_chunk)` returns the chunk's pixels; concatenating its outputs equals one `decode` call.
 
 `SpaceToDepthCodec` is the lossless pixel-space codec of the synthetic world: each p x p patch of pixels
-becomes 3*p*p channels, one latent frame per video frame.
+becomes 3*p*p channels, one latent frame per video frame, followed by a fixed `LatentNorm`.
+
+Latent normalisation. Wan's VAE latents are normalised as `z = (mu - mean) / std` with fixed constants
+(spec §2) so that diffusion works on roughly unit-variance data. The world's space-to-depth latents are pixels
+in [-1, 1]: mostly dark background (about -0.7) with a small spread (about 0.34). Without normalisation the
+signal would be ~3x weaker than the noise at every σ, which acts like an extra timestep shift and wastes the
+network's output range. `WORLD_LATENT_NORM` holds the per-RGB-channel mean and standard deviation of 512
+training clips (`WorldDataset`, 21 frames, start frames 0..32), rounded to two decimals. Space-to-depth orders
+latent channels colour-major (`c p q`), so each RGB value is repeated over that colour's p*p channels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from einops import rearrange
 
-__all__ = ["VideoCodec", "SpaceToDepthCodec", "to_uint8"]
+__all__ = ["VideoCodec", "SpaceToDepthCodec", "LatentNorm", "WORLD_LATENT_NORM", "IDENTITY_LATENT_NORM", "to_uint8"]
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.movedim(-3, -1)
+
+
+@dataclass(frozen=True)
+class LatentNorm:
+    """z = (latent - mean) / std per channel group.
+
+    Attributes:
+        mean, std: one value per channel *group*; the C latent channels are split into len(mean) equal,
+            contiguous groups (colour-major space-to-depth: one group per RGB channel).
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean and std need the same, non-zero length, got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def _expand(self, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        channels = like.shape[-3]
+        if channels % len(values):
+            raise ValueError(f"{channels} latent channels do not split into {len(values)} groups")
+        v = torch.tensor(values, dtype=torch.float32, device=like.device)
+        return v.repeat_interleave(channels // len(values))[:, None, None]  # (C, 1, 1)
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """(..., C, H, W) codec latents -> unit-scale latents."""
+        return (latents - self._expand(self.mean, latents)) / self._expand(self.std, latents)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., C, H, W) unit-scale latents -> codec latents."""
+        return z * self._expand(self.std, z) + self._expand(self.mean, z)
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+WORLD_LATENT_NORM = LatentNorm(mean=(-0.70, -0.72, -0.63), std=(0.36, 0.32, 0.33))
+IDENTITY_LATENT_NORM = LatentNorm()
 
 
 class VideoCodec:
@@ -52,16 +103,17 @@ class StatelessDecoder:
 
 
 class SpaceToDepthCodec(VideoCodec):
-    """Lossless: (B, T, 3, H, W) <-> (B, T, 3*p*p, H/p, W/p)."""
+    """Lossless: (B, T, 3, H, W) <-> (B, T, 3*p*p, H/p, W/p), then `norm` (identity by default)."""
 
-    def __init__(self, patch: int = 4):
+    def __init__(self, patch: int = 4, norm: LatentNorm = IDENTITY_LATENT_NORM):
         self.spatial_factor = patch
         self.latent_channels = 3 * patch * patch
+        self.norm = norm
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         p = self.spatial_factor
-        return rearrange(video, "b t c (h p) (w q) -> b t (c p q) h w", p=p, q=p)
+        return self.norm.normalize(rearrange(video, "b t c (h p) (w q) -> b t (c p q) h w", p=p, q=p))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         p = self.spatial_factor
-        return rearrange(latents, "b t (c p q) h w -> b t c (h p) (w q)", p=p, q=p)
+        return rearrange(self.norm.denormalize(latents), "b t (c p q) h w -> b t c (h p) (w q)", p=p, q=p)

@@ -68,7 +68,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     dim = 384
 
-    def __init__(self, model_dir: str | Path | None = None, max_length: int = 32, cache_size: int = 4096):
+    def __init__(self, model_dir: str | Path | None = None, max_length: int = 64, cache_size: int = 4096):
         super().__init__(cache_size)
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging

@@ -1,0 +1,108 @@
+"""What every training algorithm shares: the batch it receives, its updates, and per-sample randomness.
+
+An algorithm is a small object built from its (already parallelised) networks. It lists its `updates`: each
+update names the network it trains, how often it runs and its loss, a pure function `loss(batch) -> (loss,
+logs)` with no optimizer, file I/O, distributed call or `.item()` inside. The trainer owns everything else:
+one optimizer (and LR schedule) per update, EMA, gradient clipping and accumulation, checkpoints, logging.
+DMD, for instance, has two updates, `critic` every step and `generator` every fifth step (spec §4(b)).
+
+Randomness. Every random draw of an algorithm goes through `SampleRNG`, one generator per sample seeded from
+the sample's seed. The trainer derives that seed from (run seed, step, position of the sample in the global
+batch), so a sample's noise, timestep and prompt dropout do not depend on how the global batch is cut into
+micro-batches and ranks: gradient accumulation and data parallelism reproduce the single-process step, and
+resuming needs no RNG state beyond the step counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+__all__ = ["Batch", "Update", "Algorithm", "SampleRNG", "Logs", "LossFn"]
+
+Logs = dict[str, torch.Tensor]
+LossFn = Callable[["Batch"], tuple[torch.Tensor, Logs]]
+
+
+@dataclass
+class Batch:
+    """One micro-batch on the training device.
+
+    Attributes:
+        context: (B, L, text_dim) caption embeddings.
+        null_context: (B, L, text_dim) embeddings of the empty prompt (prompt dropout, negative prompt).
+        seeds: (B,) int64 per-sample seeds, the only source of randomness (see `SampleRNG`).
+        x_0: (B, F, C, H, W) clean latents of real videos, or None for prompt-only algorithms.
+        prompts: the captions, for logging.
+    """
+
+    context: torch.Tensor
+    null_context: torch.Tensor
+    seeds: torch.Tensor
+    x_0: torch.Tensor | None = None
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.seeds.shape[0]
+
+
+@dataclass(frozen=True)
+class Update:
+    """One optimizer's update.
+
+    Attributes:
+        name: names the optimizer, its LR schedule and its logs ("model", "generator", "critic", ...).
+        network: key of the trained network in the algorithm's `networks`.
+        loss: batch -> (scalar loss averaged over the batch, logs of detached 0-dim tensors).
+        every: runs at the steps where `step % every == 0` (DMD's `dfake_gen_update_ratio`).
+    """
+
+    name: str
+    network: str
+    loss: LossFn
+    every: int = 1
+
+
+class Algorithm(Protocol):
+    """A training algorithm as the trainer sees it (see the module docstring)."""
+
+    updates: Sequence[Update]
+
+    def preview(self, context: torch.Tensor, null_context: torch.Tensor, num_frames: int,
+                latent_size: tuple[int, int], seed: int) -> torch.Tensor | None:
+        """(B, F, C, H, W) sample latents for TensorBoard previews, or None if the algorithm has none."""
+        ...
+
+
+class SampleRNG:
+    """One `torch.Generator` per sample: `randn(shape)` stacks a (shape) draw from each sample's generator.
+
+    Draws happen on the CPU (so results do not depend on the device) and move to `device`.
+
+    Args:
+        seeds: (B,) integer seeds.
+        device: where the draws go.
+    """
+
+    def __init__(self, seeds: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, *shape) standard normal."""
+        return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in self.generators]).to(self.device)
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, *shape) uniform on [0, 1)."""
+        return torch.stack([torch.rand(shape, generator=g, dtype=dtype) for g in self.generators]).to(self.device)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """(B, *shape) int64 uniform on [0, high)."""
+        return torch.stack([torch.randint(high, shape, generator=g) for g in self.generators]).to(self.device)
+

@@ -1,0 +1,86 @@
+"""`selfforcing train PRESET_OR_CONFIG_JSON [--set key=value ...] [--out DIR] [--resume]`.
+
+The main CLI calls `add_parser(subparsers)` and, for the `train` command, `run(args)`. The same command runs in
+one process or under torchrun:
+
+    selfforcing train teacher-world --set optim.lr=3e-4 schedule.steps=2000 --out runs/t1
+    torchrun --nproc_per_node 2 -m selfforcing.training.cli train teacher-world --out runs/t1
+    selfforcing train teacher-world --out runs/t1 --resume          # continue from the latest checkpoint
+
+Bad input raises `ValueError` with one line; `main()` (for `python -m`) prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+__all__ = ["add_parser", "run", "main"]
+
+log = logging.getLogger("selfforcing")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `train` command on an argparse subparsers object."""
+    from .config import train_preset_names
+
+    p = subparsers.add_parser(
+        "train", help="train a model (teacher, ...) from a preset or a JSON config",
+        description="Train from a preset or a JSON config with dotted overrides; runs under torchrun as is.",
+    )
+    p.add_argument("config", metavar="PRESET_OR_CONFIG_JSON",
+                   help=f"a preset ({', '.join(train_preset_names())}) or a JSON file (optionally naming a "
+                        f"base \"preset\" and overriding its fields)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, type-checked, e.g. --set optim.lr=3e-4 schedule.steps=2000")
+    p.add_argument("--out", default=None, help="output folder (checkpoints, exported weights, TensorBoard)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    """Resolve the config and train. Raises ValueError (one line) on bad input."""
+    from .config import resolve_config
+
+    config = resolve_config(args.config, args.overrides, args.out)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    from .trainer import train
+
+    train(config, resume=args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (`python -m selfforcing.training.cli train ...`, e.g. under torchrun)."""
+    parser = argparse.ArgumentParser(prog="selfforcing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == "0" else logging.WARNING,
+                        format="%(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ValueError as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"selfforcing: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

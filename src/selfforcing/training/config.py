@@ -1,0 +1,390 @@
+"""The training configuration: typed, frozen, nested dataclasses, and the presets that build them.
+
+A run is described by one `TrainConfig`. Presets are plain functions returning one, derived from each other
+with `dataclasses.replace`; the command line starts from a preset (or a JSON file) and applies dotted
+overrides (`--set optim.lr=3e-4 schedule.steps=2000`, see `overrides.py`). The resolved config is stored in
+every checkpoint.
+
+Batch sizes. `schedule.batch_size` is the *global* batch: samples per optimizer step, summed over ranks and
+gradient-accumulation micro-steps. Each rank sees micro-batches of batch_size / (world_size · grad_accum)
+samples, so changing the number of processes or the accumulation leaves the optimisation unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from ..algorithms.teacher import TeacherConfig
+from ..config import WanConfig, get_preset
+from .overrides import apply_overrides, config_from_dict, config_to_dict
+
+__all__ = [
+    "DataConfig", "OptimConfig", "ScheduleConfig", "EMAConfig", "PrecisionConfig", "LoggingConfig",
+    "CheckpointConfig", "ParallelConfig", "TrainConfig", "TRAIN_PRESETS", "train_preset", "train_preset_names",
+    "load_config", "resolve_config",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training clips of the synthetic world (`selfforcing.world.WorldDataset`) and their captions.
+
+    Attributes:
+        length: distinct training items (scenes) of one epoch.
+        seed: the world's scene stream (not the run seed).
+        num_frames: F, frames per clip (one latent frame per frame with the space-to-depth codec).
+        size: H = W in pixels.
+        max_objects: at most this many objects per scene.
+        max_start_frame: clips start at a uniform frame in [0, max_start_frame], so objects are also seen
+            mid-motion.
+        detailed_caption_prob: probability of the detailed caption, otherwise the short one.
+        text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings) or "hash" (a tiny deterministic stand-in
+            for tests, no model to load).
+        text_max_length: tokens per caption; at most model.text_len.
+        codec_patch: p of the lossless `SpaceToDepthCodec(p)` (latent channels 3 p²).
+        latent_norm: "world" (fixed per-channel normalisation, `models/codec.py`) or "none".
+        num_workers: DataLoader worker processes rendering clips (0: render in the training process).
+    """
+
+    length: int = 100_000
+    seed: int = 0
+    num_frames: int = 21
+    size: int = 64
+    max_objects: int = 3
+    max_start_frame: int = 32
+    detailed_caption_prob: float = 0.5
+    text_encoder: Literal["minilm", "hash"] = "minilm"
+    text_max_length: int = 64
+    codec_patch: int = 4
+    latent_norm: Literal["world", "none"] = "world"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.length, self.num_frames, self.size, self.max_objects, self.codec_patch, self.text_max_length) < 1:
+            raise ValueError("length, num_frames, size, max_objects, codec_patch and text_max_length must be positive")
+        if self.size % self.codec_patch:
+            raise ValueError(f"size {self.size} is not a multiple of codec_patch {self.codec_patch}")
+        if not 0.0 <= self.detailed_caption_prob <= 1.0:
+            raise ValueError("detailed_caption_prob must lie in [0, 1]")
+        if self.max_start_frame < 0 or self.num_workers < 0:
+            raise ValueError("max_start_frame and num_workers must be non-negative")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule: linear warm-up, then constant, cosine or linear decay.
+
+    Attributes:
+        lr: peak learning rate.
+        betas, eps, weight_decay: AdamW's.
+        warmup_steps: steps of linear warm-up from 0.
+        decay: shape after warm-up; "cosine" and "linear" end at lr · min_lr_ratio at the last step.
+        min_lr_ratio: final lr as a fraction of `lr`.
+    """
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    decay: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError("lr and eps must be positive and weight_decay non-negative")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("warmup_steps must be non-negative and min_lr_ratio in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How long and in what batches.
+
+    Attributes:
+        steps: optimizer steps of the whole run.
+        batch_size: global batch (see the module docstring).
+        grad_accum: micro-steps per optimizer step.
+        grad_clip: maximum global gradient norm; 0 disables clipping.
+    """
+
+    steps: int = 2000
+    batch_size: int = 8
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be positive")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.grad_clip < 0:
+            raise ValueError("grad_clip must be non-negative (0 disables it)")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the trained weights: ema ← decay·ema + (1 - decay)·θ.
+
+    Attributes:
+        enabled: keep an EMA (exported next to the raw weights; previews use it).
+        decay: per-step decay.
+        start_step: before this step the EMA simply copies the weights (spec §4(b): decay 0.99 from 200).
+    """
+
+    enabled: bool = True
+    decay: float = 0.995
+    start_step: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0 or self.start_step < 0:
+            raise ValueError("decay must lie in [0, 1) and start_step be non-negative")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Numerics: fp32 everywhere, or bf16 autocast of the forward and backward (weights and optimizer stay fp32).
+
+    On CPUs without AMX, bf16 matmuls are far slower than fp32: keep fp32 there.
+    """
+
+    autocast: Literal["fp32", "bf16"] = "fp32"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Console / TensorBoard logging and preview samples.
+
+    Attributes:
+        every: log averaged scalars every this many steps.
+        tensorboard: write TensorBoard event files under `tensorboard_dir` (relative to out_dir).
+        sample_every: draw preview videos every this many steps (and at the end); 0 disables.
+        sample_prompts: number of preview prompts (held-out captions).
+        sample_steps: ODE steps of a preview.
+        progress: show a tqdm progress bar (rank 0, terminals only).
+    """
+
+    every: int = 10
+    tensorboard: bool = True
+    tensorboard_dir: str = "tensorboard"
+    sample_every: int = 500
+    sample_prompts: int = 2
+    sample_steps: int = 20
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.sample_every < 0 or self.sample_prompts < 0 or self.sample_steps < 1:
+            raise ValueError("every and sample_steps must be positive, sample_every and sample_prompts non-negative")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Full training state every `every` steps (and at the end) under `dir` (relative to out_dir); the
+    newest `keep` are kept. `every = 0` saves only at the end."""
+
+    every: int = 500
+    dir: str = "checkpoints"
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.keep < 1:
+            raise ValueError("every must be non-negative and keep at least 1")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Data parallelism under `torchrun` (ignored in a single process).
+
+    Attributes:
+        strategy: "ddp" (replicated weights, all-reduced gradients) or "fsdp" (FSDP2 `fully_shard` per block).
+        backend: process-group backend; "auto" is nccl on CUDA, gloo otherwise.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        name: the run's name (logs, checkpoint metadata).
+        algorithm: key of the trainer's algorithm table ("teacher").
+        seed: seeds the weights, the data order and every per-sample random draw.
+        device: "cpu", "cuda" (each rank takes cuda:LOCAL_RANK) or "auto".
+        threads: torch CPU threads per process; 0 keeps torch's default.
+        out_dir: where checkpoints, exported weights and TensorBoard logs go.
+        model: the trained network's shape.
+        data, teacher, optim, schedule, ema, precision, logging, checkpoint, parallel: see each class.
+    """
+
+    name: str = "teacher-world"
+    algorithm: str = "teacher"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    out_dir: str = "runs/teacher-world"
+    model: WanConfig = field(default_factory=lambda: get_preset("world"))
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError("threads must be non-negative (0: torch's default)")
+        if self.data.text_max_length > self.model.text_len:
+            raise ValueError(f"data.text_max_length {self.data.text_max_length} exceeds model.text_len "
+                             f"{self.model.text_len}")
+        channels = 3 * self.data.codec_patch**2
+        if self.model.in_dim != channels or self.model.out_dim != channels:
+            raise ValueError(f"the codec gives {channels} latent channels but model.in_dim / out_dim are "
+                             f"{self.model.in_dim} / {self.model.out_dim}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return config_from_dict(cls, data)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        side = self.data.size // self.data.codec_patch
+        return side, side
+
+
+# ------------------------------------------------------------------------------------------------ presets
+TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {}
+
+
+def _preset(name: str):
+    def wrap(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
+        TRAIN_PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; known: {', '.join(train_preset_names())}")
+    return TRAIN_PRESETS[name]()
+
+
+def train_preset_names() -> list[str]:
+    return sorted(TRAIN_PRESETS)
+
+
+@_preset("teacher-world")
+def teacher_world() -> TrainConfig:
+    """The world's bidirectional teacher (`world` model, 21-frame 64x64 clips), sized for about an hour of
+    2-core CPU training (see the training README section for the measured throughput)."""
+    return TrainConfig(
+        name="teacher-world",
+        out_dir="runs/teacher-world",
+        model=get_preset("world"),
+        # 1.9 samples/s (fp32, 2 AVX2 cores, 21 frames, 4 layers): 1600 steps of 4 clips is about an hour
+        schedule=ScheduleConfig(steps=1600, batch_size=4, grad_clip=1.0),
+        optim=OptimConfig(lr=5e-4, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=100, decay="cosine",
+                          min_lr_ratio=0.1),
+        ema=EMAConfig(decay=0.995, start_step=100),
+        logging=LoggingConfig(every=10, sample_every=200),
+        checkpoint=CheckpointConfig(every=200, keep=3),
+    )
+
+
+@_preset("teacher-world-quick")
+def teacher_world_quick() -> TrainConfig:
+    """A smoke test of `teacher-world`: a couple of minutes, checkpoints and previews included."""
+    base = teacher_world()
+    return dataclasses.replace(
+        base,
+        name="teacher-world-quick",
+        out_dir="runs/teacher-world-quick",
+        data=dataclasses.replace(base.data, num_frames=9),
+        schedule=dataclasses.replace(base.schedule, steps=40, batch_size=2),
+        optim=dataclasses.replace(base.optim, warmup_steps=5),
+        ema=dataclasses.replace(base.ema, start_step=10),
+        logging=dataclasses.replace(base.logging, every=5, sample_every=20, sample_prompts=1, sample_steps=8),
+        checkpoint=dataclasses.replace(base.checkpoint, every=20, keep=2),
+    )
+
+
+@_preset("teacher-tiny")
+def teacher_tiny() -> TrainConfig:
+    """A seconds-long configuration for unit tests: a 2-layer 32-wide model on 3-frame 16x16 clips and the
+    hash text encoder (no model to load). Not meant to learn anything."""
+    model = get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32,
+                                        text_dim=32, text_len=8)
+    return TrainConfig(
+        name="teacher-tiny",
+        out_dir="runs/teacher-tiny",
+        model=model,
+        data=DataConfig(length=64, num_frames=3, size=16, max_objects=2, max_start_frame=8,
+                        text_encoder="hash", text_max_length=8),
+        optim=OptimConfig(lr=1e-3, warmup_steps=1),
+        schedule=ScheduleConfig(steps=4, batch_size=4, grad_clip=1.0),
+        ema=EMAConfig(decay=0.9, start_step=1),
+        logging=LoggingConfig(every=1, tensorboard=False, sample_every=0, progress=False),
+        checkpoint=CheckpointConfig(every=2, keep=2),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_config(source: str) -> TrainConfig:
+    """A preset name, or a JSON file holding a (possibly partial) TrainConfig.
+
+    A JSON file may name a base preset under the key "preset"; its other keys override that preset's fields
+    (nested sections may be partial).
+    """
+    path = Path(source)
+    if source in TRAIN_PRESETS:
+        return train_preset(source)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"config file {source!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {source} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {source} must hold a JSON object")
+        base = data.pop("preset", None)
+        if base is None:
+            return TrainConfig.from_dict(data)
+        return apply_overrides(train_preset(base), dict(_flatten(data)))
+    raise ValueError(f"{source!r} is neither a training preset ({', '.join(train_preset_names())}) "
+                     f"nor a JSON config file")
+
+
+def _flatten(data: dict, prefix: str = ""):
+    """{'optim': {'lr': 1}} -> ('optim.lr', 1); lists and scalars are leaves."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def resolve_config(source: str, overrides: list[str] | None = None, out_dir: str | None = None) -> TrainConfig:
+    """Preset or JSON file, then dotted overrides, then `--out`."""
+    config = apply_overrides(load_config(source), overrides or [])
+    if out_dir is not None:
+        config = dataclasses.replace(config, out_dir=out_dir)
+    return config

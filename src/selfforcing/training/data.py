@@ -1,0 +1,173 @@
+"""Training data: world clips in a fixed, resumable order, their captions, latents and per-sample seeds.
+
+Order. The samples of the run form one stream: global sample g = step · batch_size + position in the global
+batch. Epoch e = g // length visits the dataset in the order of a permutation seeded by (run seed, e). The
+index and the per-sample seed of every sample are pure functions of (run seed, step, position), so resuming
+at step k needs nothing but k, and every cut of the global batch into ranks and micro-batches sees the same
+samples with the same randomness (`algorithms/base.py`).
+
+Slicing. With W ranks, A accumulation micro-steps and micro-batch b = batch_size / (W·A), micro-step m of
+rank r takes positions [(m·W + r)·b, (m·W + r + 1)·b) of the global batch.
+
+Captions. Each sample takes its detailed caption with probability `detailed_caption_prob`, otherwise the
+short one, drawn from its seed. Embeddings come from the (cached) text encoder in the training process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..algorithms.base import Batch
+from ..models.codec import IDENTITY_LATENT_NORM, WORLD_LATENT_NORM, LatentNorm
+from ..models.codec import SpaceToDepthCodec
+from ..text.encoders import TextEncoder
+from ..world.dataset import WorldDataConfig, WorldDataset
+from ..world.scene import stable_hash
+from .config import DataConfig, TrainConfig
+
+__all__ = [
+    "HashTextEncoder", "make_text_encoder", "latent_norm", "sample_index", "sample_seed", "micro_positions",
+    "MicroBatches", "make_loader", "to_batch",
+]
+
+
+class HashTextEncoder(TextEncoder):
+    """A deterministic stand-in for a text encoder in tests: each word maps to a fixed random vector.
+
+    Token embeddings keep word order (position i holds word i); rows past the prompt are zero, like MiniLM's.
+    """
+
+    def __init__(self, dim: int, max_length: int):
+        super().__init__()
+        self.dim, self.max_length = dim, max_length
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(prompts), self.max_length, self.dim)
+        for b, prompt in enumerate(prompts):
+            words = ["<s>"] + prompt.lower().split()[: self.max_length - 1]   # "" still has one token, like [CLS]
+            for i, word in enumerate(words):
+                g = torch.Generator().manual_seed(stable_hash(word) % 2**63)
+                out[b, i] = torch.randn(self.dim, generator=g)
+        return out
+
+
+def make_text_encoder(config: DataConfig, text_dim: int) -> TextEncoder:
+    if config.text_encoder == "hash":
+        return HashTextEncoder(text_dim, config.text_max_length)
+    from ..text.encoders import MiniLMTextEncoder
+
+    encoder = MiniLMTextEncoder(max_length=config.text_max_length)
+    if encoder.dim != text_dim:
+        raise ValueError(f"the MiniLM encoder is {encoder.dim} wide but model.text_dim is {text_dim}")
+    return encoder
+
+
+def latent_norm(config: DataConfig) -> LatentNorm:
+    return WORLD_LATENT_NORM if config.latent_norm == "world" else IDENTITY_LATENT_NORM
+
+
+# ------------------------------------------------------------------------------------------- data order
+@lru_cache(maxsize=4)
+def _permutation(length: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(length)
+
+
+def sample_index(g: int, length: int, seed: int) -> int:
+    """Dataset index of global sample g (epoch-wise permutations seeded by (seed, epoch))."""
+    return int(_permutation(length, seed, g // length)[g % length])
+
+
+def sample_seed(g: int, seed: int) -> int:
+    """A 63-bit seed for global sample g of a run seeded `seed` (hashed, so nearby samples are unrelated)."""
+    hi, lo = np.random.SeedSequence([seed, g]).generate_state(2, np.uint32)
+    return (int(hi) & 0x7FFFFFFF) << 32 | int(lo)
+
+
+def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int, micro: int) -> range:
+    """Positions in the global batch of micro-step `micro` of rank `rank` (see the module docstring)."""
+    b = batch_size // (grad_accum * world_size)
+    first = (micro * world_size + rank) * b
+    return range(first, first + b)
+
+
+class MicroBatches(Dataset):
+    """Item k is micro-batch k of this rank: step k // A, micro-step k % A.
+
+    Returns a dict: "video" (b, F, 3, H, W) in [-1, 1], "captions" (b strings), "seeds" (b,) int64,
+    "indices" (b,) int64 dataset indices.
+    """
+
+    def __init__(self, config: TrainConfig, world_size: int = 1, rank: int = 0):
+        d, s = config.data, config.schedule
+        if s.batch_size % (s.grad_accum * world_size):
+            raise ValueError(f"schedule.batch_size {s.batch_size} is not divisible by grad_accum {s.grad_accum} "
+                             f"x world size {world_size}")
+        self.world = WorldDataset(WorldDataConfig(
+            length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size, max_objects=d.max_objects,
+            max_start_frame=d.max_start_frame,
+        ))
+        self.config, self.world_size, self.rank = config, world_size, rank
+
+    def __len__(self) -> int:
+        return self.config.schedule.steps * self.config.schedule.grad_accum
+
+    def __getitem__(self, k: int) -> dict:
+        s, d = self.config.schedule, self.config.data
+        step, micro = divmod(k, s.grad_accum)
+        videos, captions, seeds, indices = [], [], [], []
+        for p in micro_positions(s.batch_size, s.grad_accum, self.world_size, self.rank, micro):
+            g = step * s.batch_size + p
+            index = sample_index(g, d.length, self.config.seed)
+            video, short, detailed, _ = self.world[index]
+            seed = sample_seed(g, self.config.seed)
+            detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
+            videos.append(video)
+            captions.append(detailed if detailed_first else short)
+            seeds.append(seed)
+            indices.append(index)
+        return {
+            "video": torch.stack(videos),                                   # (b, F, 3, H, W)
+            "captions": captions,
+            "seeds": torch.tensor(seeds, dtype=torch.int64),                # (b,)
+            "indices": torch.tensor(indices, dtype=torch.int64),            # (b,)
+        }
+
+
+def make_loader(config: TrainConfig, start_step: int, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Micro-batches of this rank from `start_step` to the end of the run, in order."""
+    dataset = MicroBatches(config, world_size, rank)
+    a = config.schedule.grad_accum
+    workers = config.data.num_workers
+    return DataLoader(
+        dataset, batch_size=None, sampler=range(start_step * a, len(dataset)), num_workers=workers,
+        persistent_workers=False, prefetch_factor=2 if workers else None,
+    )
+
+
+@dataclass
+class LatentEncoder:
+    """Pixels -> normalised latents, and captions -> embeddings, on the training device."""
+
+    codec: SpaceToDepthCodec
+    norm: LatentNorm
+    text_encoder: TextEncoder
+    device: torch.device
+
+    def __call__(self, raw: dict) -> Batch:
+        video = raw["video"].to(self.device)                                # (b, F, 3, H, W)
+        x_0 = self.norm.normalize(self.codec.encode(video))                 # (b, F, C, h, w)
+        context = self.text_encoder.encode(raw["captions"]).to(self.device) # (b, L, text_dim)
+        null = self.text_encoder.encode([""]).to(self.device).expand_as(context)
+        return Batch(context=context, null_context=null, seeds=raw["seeds"], x_0=x_0,
+                     prompts=list(raw["captions"]))
+
+
+def to_batch(config: TrainConfig, text_encoder: TextEncoder, device: torch.device | str) -> LatentEncoder:
+    """The function turning a loader item into a `Batch` on `device`."""
+    return LatentEncoder(SpaceToDepthCodec(config.data.codec_patch), latent_norm(config.data), text_encoder,
+                         torch.device(device))

@@ -1,0 +1,414 @@
+"""The trainer: one loop for every algorithm, in one process or under `torchrun`.
+
+The algorithm table `ALGORITHMS` is the only place that branches on the algorithm. An entry says which
+networks to build, which of them are trained (wrapped for data parallelism, optimised, averaged), how to build
+the algorithm from the wrapped networks, and how to draw preview samples. A step then reads:
+
+    for each update due at this step (algorithm.updates, e.g. DMD: critic every step, generator every 5th):
+        zero its gradients
+        for each micro-batch (gradient accumulation; gradients reduced across ranks on the last one):
+            loss, logs = update.loss(batch)          # the algorithm: pure, no optimizer / I/O / sync
+            backward(loss / grad_accum)
+        clip the gradient norm, set the learning rate of this step, optimizer step, EMA update
+
+Randomness is seeded per sample (see `algorithms/base.py` and `data.py`), the learning rate is a function of
+the step, and checkpoints hold the full state, so an interrupted run resumed from a checkpoint reproduces the
+uninterrupted one bit for bit (fp32, same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..algorithms.base import Algorithm, Batch, Update
+from ..algorithms.teacher import TeacherTraining
+from ..inference.loading import PipelineSpec
+from ..inference.pipeline import SamplingConfig
+from ..inference.teacher import decode_to_uint8, sample_teacher
+from ..io.checkpoints import load_transformer
+from ..models.codec import SpaceToDepthCodec
+from ..models.wan import WanDiT
+from ..world.splits import heldout_prompts
+from . import checkpoint as ckpt
+from . import parallel
+from .config import OptimConfig, TrainConfig
+from .data import latent_norm, make_loader, make_text_encoder, to_batch
+from .ema import EMA
+from .overrides import config_diff
+
+__all__ = ["AlgorithmEntry", "ALGORITHMS", "Trainer", "train", "lr_at"]
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- algorithm table
+@dataclass(frozen=True)
+class AlgorithmEntry:
+    """How the trainer sets up one algorithm.
+
+    Attributes:
+        networks: config -> {name: network} on the CPU (trained and frozen ones).
+        trained: names of the networks the updates train (wrapped, optimised, checkpointed, exported).
+        build: (config, {name: network to call in training}) -> the algorithm.
+        ema: names of the networks that keep an EMA when `config.ema.enabled`.
+        preview: (config, network, context, null_context, seed) -> (B, F, C, H, W) latents, or None.
+        preview_network: the network previews sample from.
+    """
+
+    networks: Callable[[TrainConfig], dict[str, nn.Module]]
+    trained: tuple[str, ...]
+    build: Callable[[TrainConfig, dict[str, nn.Module]], Algorithm]
+    ema: tuple[str, ...] = ()
+    preview: Callable[[TrainConfig, nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
+    preview_network: str | None = None
+
+
+def _teacher_networks(config: TrainConfig) -> dict[str, nn.Module]:
+    if config.model.causal:
+        raise ValueError("the teacher is bidirectional: set model.causal=false")
+    if config.teacher.init_from:
+        model = load_transformer(config.teacher.init_from, config=config.model, dtype=torch.float32)
+    else:
+        model = WanDiT(config.model)
+    return {"model": model}
+
+
+def _teacher_preview(config: TrainConfig, model: nn.Module, context, null_context, seed: int) -> torch.Tensor:
+    t = config.teacher
+    return sample_teacher(
+        model, context, null_context[:1], num_frames=config.data.num_frames, latent_size=config.latent_size,
+        steps=config.logging.sample_steps, guidance=t.guidance, shift=t.sample_shift, seed=seed, sampler=t.sampler,
+    )
+
+
+ALGORITHMS: dict[str, AlgorithmEntry] = {
+    "teacher": AlgorithmEntry(
+        networks=_teacher_networks,
+        trained=("model",),
+        build=lambda config, nets: TeacherTraining(config.teacher, nets["model"]),
+        ema=("model",),
+        preview=_teacher_preview,
+        preview_network="model",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def lr_at(optim: OptimConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant / cosine / linear."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.decay == "constant":
+        return optim.lr
+    span = max(1, total_steps - 1 - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / span)
+    if optim.decay == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        factor = 1 - progress
+    return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * factor)
+
+
+def _pipeline_spec(config: TrainConfig) -> PipelineSpec:
+    t, d = config.teacher, config.data
+    norm = latent_norm(d)
+    return PipelineSpec(
+        height=d.size, width=d.size, codec=f"space-to-depth-{d.codec_patch}", latent_mean=norm.mean,
+        latent_std=norm.std, text_encoder=d.text_encoder,
+        text_max_length=d.text_max_length, train_frames=d.num_frames,
+        sampling=SamplingConfig(num_inference_steps=t.sample_steps, sampler=t.sampler, shift=t.sample_shift,
+                                guidance_scale=t.guidance),
+    )
+
+
+def video_strip(video: np.ndarray, max_frames: int = 11) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (H, W·k, 3): k ≤ max_frames evenly spaced frames side by side."""
+    index = np.linspace(0, len(video) - 1, min(max_frames, len(video))).round().astype(int)
+    return np.concatenate(list(video[index]), axis=1)
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Builds networks, optimizers, EMA and data for a `TrainConfig`; `fit()` runs the loop.
+
+    Args:
+        config: the resolved configuration.
+        resume: False, True (the latest checkpoint in the run's checkpoint folder; error if there is none)
+            or a checkpoint path.
+        ctx: the parallel context; default: `init_parallel` from the torchrun environment.
+    """
+
+    def __init__(self, config: TrainConfig, *, resume: bool | str | Path = False,
+                 ctx: parallel.ParallelContext | None = None):
+        if config.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {config.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.ctx = ctx or parallel.init_parallel(config.device, config.parallel.backend)
+        s = config.schedule
+        if s.batch_size % (s.grad_accum * self.ctx.world_size):
+            raise ValueError(f"schedule.batch_size {s.batch_size} must be divisible by grad_accum {s.grad_accum} "
+                             f"x {self.ctx.world_size} processes")
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_dir = self.out_dir / config.checkpoint.dir
+        self.entry = ALGORITHMS[config.algorithm]
+
+        torch.manual_seed(config.seed)                       # identical initial weights on every rank
+        self.networks = {k: m.to(self.ctx.device) for k, m in self.entry.networks(config).items()}
+        for name, net in self.networks.items():
+            net.requires_grad_(name in self.entry.trained)
+        self.wrapped = {
+            k: parallel.parallelize(m, self.ctx, config.parallel.strategy) if k in self.entry.trained else m
+            for k, m in self.networks.items()
+        }
+        self.algorithm = self.entry.build(config, self.wrapped)
+        self.updates: tuple[Update, ...] = tuple(self.algorithm.updates)
+        for u in self.updates:
+            if u.network not in self.entry.trained:
+                raise ValueError(f"update {u.name!r} trains {u.network!r}, which is not a trained network")
+        o = config.optim
+        self.optimizers = {
+            u.name: torch.optim.AdamW(self.networks[u.network].parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                      weight_decay=o.weight_decay)
+            for u in self.updates
+        }
+        self.emas = {
+            k: EMA(self.networks[k], config.ema.decay, config.ema.start_step) for k in self.entry.ema
+        } if config.ema.enabled else {}
+        self.step = 0
+        if resume:
+            path = Path(resume) if not isinstance(resume, bool) else ckpt.latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                raise ValueError(f"--resume: no checkpoint in {self.ckpt_dir}")
+            self.load(path)
+
+    # ------------------------------------------------------------------------------ state
+    def state(self) -> dict:
+        """The full training state (collective under FSDP; complete on rank 0)."""
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "networks": {k: parallel.model_state(self.networks[k]) for k in self.entry.trained},
+            "optimizers": {u.name: parallel.optimizer_state(self.networks[u.network], self.optimizers[u.name])
+                           for u in self.updates},
+            "ema": {k: e.state_dict() for k, e in self.emas.items()},
+            "rng": ckpt.rng_state(),
+            "world_size": self.ctx.world_size,
+        }
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by `save` (any world size)."""
+        state = ckpt.load_state(path)
+        stored = TrainConfig.from_dict(state["config"])
+        changed = config_diff(stored, self.config)
+        if changed:
+            log.warning("resuming %s with a changed config: %s", path,
+                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items())))
+        for k in self.entry.trained:
+            parallel.load_model_state(self.networks[k], state["networks"][k])
+        for u in self.updates:
+            parallel.load_optimizer_state(self.networks[u.network], self.optimizers[u.name], state["optimizers"][u.name])
+        for k, e in self.emas.items():
+            if k in state["ema"]:
+                e.load_state_dict(state["ema"][k])
+            else:
+                log.warning("%s has no EMA of %s; starting it from the weights", path, k)
+                e.load_state_dict({n: p.detach().cpu() for n, p in state["networks"][k].items() if n in e.shadow})
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> Path | None:
+        """Write the checkpoint of the current step and export the weights (rank 0 writes). Collective."""
+        state = self.state()
+        path = None
+        if self.ctx.is_main:
+            path = ckpt.save_state(ckpt.checkpoint_path(self.ckpt_dir, self.step), state)
+            ckpt.prune_checkpoints(self.ckpt_dir, self.config.checkpoint.keep)
+            spec, norm = _pipeline_spec(self.config), latent_norm(self.config.data).to_dict()
+            for k in self.entry.trained:
+                exports = {f"{k}.safetensors": state["networks"][k]}
+                if k in state["ema"]:
+                    exports[f"{k}_ema.safetensors"] = state["ema"][k]
+                for filename, weights in exports.items():
+                    ckpt.export_weights(weights, self.networks[k].config, self.out_dir / filename,
+                                        train_config=state["config"], step=self.step, spec=spec, latent_norm=norm)
+            log.info("saved %s", path)
+        parallel.barrier(self.ctx)
+        return path
+
+    # ------------------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.config.precision.autocast == "bf16":
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, torch.Tensor]:
+        """One optimizer step of every update due now, over this rank's micro-batches. Returns detached logs."""
+        logs: dict[str, torch.Tensor] = {}
+        accum = len(micro_batches)
+        for u in self.updates:
+            if self.step % u.every:
+                continue
+            net, wrapped, opt = self.networks[u.network], self.wrapped[u.network], self.optimizers[u.name]
+            opt.zero_grad(set_to_none=True)
+            sums: dict[str, torch.Tensor] = {}
+            for i, batch in enumerate(micro_batches):
+                with parallel.grad_sync(wrapped, enabled=i == accum - 1):
+                    with self._autocast():
+                        loss, micro_logs = u.loss(batch)
+                    (loss / accum).backward()
+                for k, v in micro_logs.items():                   # kept on the device: no sync per step
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            params = [p for p in net.parameters() if p.grad is not None]
+            clip = self.config.schedule.grad_clip
+            if clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            lr = lr_at(self.config.optim, self.step, self.config.schedule.steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            if u.network in self.emas:
+                self.emas[u.network].update(net, self.step + 1)
+            logs.update({f"{u.name}/{k}": v for k, v in sums.items()})
+            logs[f"{u.name}/grad_norm"] = parallel.full_tensor(grad_norm).detach().float()
+            logs[f"{u.name}/lr"] = torch.tensor(lr)
+        self.step += 1
+        return logs
+
+    # ------------------------------------------------------------------------------ previews
+    def preview(self, writer, text_encoder) -> None:
+        """Sample held-out prompts with the EMA weights and log them as frame strips (collective under FSDP)."""
+        entry, cfg = self.entry, self.config
+        if entry.preview is None or cfg.logging.sample_prompts == 0:
+            return
+        fsdp = self.ctx.distributed and cfg.parallel.strategy == "fsdp"
+        if not (self.ctx.is_main or fsdp):
+            return
+        name = entry.preview_network
+        net = self.networks[name]
+        prompts = [detailed for _, detailed in heldout_prompts(cfg.logging.sample_prompts)]
+        context = text_encoder.encode(prompts).to(self.ctx.device)
+        null = text_encoder.encode([""]).to(self.ctx.device)
+        ema = self.emas.get(name)
+        with torch.no_grad(), (ema.swapped(net) if ema is not None else nullcontext()), self._autocast():
+            latents = entry.preview(cfg, net, context, null, cfg.seed)
+        if writer is None or not self.ctx.is_main:
+            return
+        video = decode_to_uint8(latents, SpaceToDepthCodec(cfg.data.codec_patch), latent_norm(cfg.data)).numpy()
+        for i, (prompt, clip) in enumerate(zip(prompts, video)):
+            writer.add_image(f"preview/{i}", video_strip(clip), self.step, dataformats="HWC")
+            writer.add_text(f"preview/{i}/prompt", prompt, self.step)
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self, until: int | None = None) -> dict[str, float]:
+        """Train from the current step to `until` (default: schedule.steps), checkpointing on the way.
+
+        Returns:
+            the last logged averages (floats) plus "step" and "samples_per_s".
+        """
+        cfg, ctx = self.config, self.ctx
+        until = min(until or cfg.schedule.steps, cfg.schedule.steps)
+        text_encoder = make_text_encoder(cfg.data, cfg.model.text_dim)
+        make_batch = to_batch(cfg, text_encoder, ctx.device)
+        loader = iter(make_loader(cfg, self.step, ctx.world_size, ctx.rank))
+        writer = self._writer() if ctx.is_main else None
+        from tqdm import tqdm
+
+        bar = tqdm(total=until, initial=self.step, desc=cfg.name, unit="step", dynamic_ncols=True,
+                   disable=True if not (cfg.logging.progress and ctx.is_main) else None)
+        accum, window = cfg.schedule.grad_accum, defaultdict(list)
+        result: dict[str, float] = {}
+        tick, tick_step, paused = time.perf_counter(), self.step, 0.0    # paused: previews and checkpoints
+        start_step = self.step
+        try:
+            while self.step < until:
+                micro = [make_batch(next(loader)) for _ in range(accum)]
+                for k, v in self.train_step(micro).items():
+                    window[k].append(v)
+                bar.update(1)
+                last = self.step == until
+                if self.step % cfg.logging.every == 0 or last:
+                    now = time.perf_counter()
+                    means = parallel.all_reduce_mean({k: torch.stack(v).mean() for k, v in window.items()}, ctx)
+                    result = {k: float(v) for k, v in means.items()}
+                    elapsed = max(now - tick - paused, 1e-9)
+                    result["samples_per_s"] = (self.step - tick_step) * cfg.schedule.batch_size / elapsed
+                    result["step"] = self.step
+                    self._log(result, writer, bar)
+                    window.clear()
+                    tick, tick_step, paused = time.perf_counter(), self.step, 0.0
+                pause_start = time.perf_counter()
+                every = cfg.logging.sample_every
+                if every and (self.step % every == 0 or (last and self.step != start_step)):
+                    self.preview(writer, text_encoder)
+                c_every = cfg.checkpoint.every
+                if (c_every and self.step % c_every == 0) or self.step == cfg.schedule.steps:
+                    self.save()
+                paused += time.perf_counter() - pause_start
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return result
+
+    def _writer(self):
+        if not self.config.logging.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed (pip install tensorboard): no TensorBoard logs")
+            return None
+        writer = SummaryWriter(str(self.out_dir / self.config.logging.tensorboard_dir))
+        writer.add_text("config", "```\n" + _pretty(self.config.to_dict()) + "\n```", self.step)
+        return writer
+
+    def _log(self, values: dict[str, float], writer, bar) -> None:
+        if not self.ctx.is_main:
+            return
+        losses = {k: v for k, v in values.items() if k.endswith("/loss")}
+        bar.set_postfix({k.split("/")[0]: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        log.info("step %d/%d  %s  %.2f samples/s", self.step, self.config.schedule.steps,
+                 "  ".join(f"{k} {v:.4g}" for k, v in sorted(values.items()) if k not in ("step", "samples_per_s")),
+                 values["samples_per_s"])
+        if writer is not None:
+            for k, v in values.items():
+                if k != "step":
+                    writer.add_scalar(k if "/" in k else f"perf/{k}", v, self.step)
+            writer.flush()
+
+
+def _pretty(d: dict, indent: int = 0) -> str:
+    lines = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(" " * indent + f"{k}:")
+            lines.append(_pretty(v, indent + 2))
+        else:
+            lines.append(" " * indent + f"{k}: {v}")
+    return "\n".join(lines)
+
+
+def train(config: TrainConfig, *, resume: bool | str | Path = False, until: int | None = None) -> Trainer:
+    """Build a `Trainer`, run it to `until` (default: the end) and return it. Shuts the process group down."""
+    trainer = Trainer(config, resume=resume)
+    try:
+        trainer.fit(until)
+    finally:
+        parallel.shutdown(trainer.ctx)
+    return trainer

@@ -1,0 +1,188 @@
+"""The teacher: flow-matching loss, prompt dropout, and the guided multi-step sampler."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from selfforcing.models.codec import WORLD_LATENT_NORM
+from selfforcing.algorithms import Batch, SampleRNG, TeacherConfig, TeacherTraining, teacher_loss
+from selfforcing.config import get_preset
+from selfforcing.diffusion.flow import FlowMatching
+from selfforcing.inference.teacher import decode_to_uint8, sample_teacher
+from selfforcing.models.codec import SpaceToDepthCodec, to_uint8
+from selfforcing.models.wan import WanDiT
+
+B, F, C, H, W, L, D = 3, 2, 48, 4, 4, 5, 8
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class Oracle(torch.nn.Module):
+    """Knows x_0, so it returns the true velocity v = ε - x_0 = (x_t - x_0) / σ."""
+
+    def __init__(self, x_0: torch.Tensor):
+        super().__init__()
+        self.x_0 = x_0
+        self.config = SimpleNamespace(in_dim=x_0.shape[2])
+
+    def forward(self, x_t, t, context):
+        sigma = (t / 1000).reshape(-1, 1, 1, 1, 1)
+        return (x_t - self.x_0) / sigma
+
+
+class Recorder(torch.nn.Module):
+    """Returns a constant and remembers its inputs."""
+
+    def __init__(self, value: float = 0.0):
+        super().__init__()
+        self.value, self.calls = value, []
+
+    def forward(self, x_t, t, context):
+        self.calls.append((x_t, t, context))
+        return torch.full_like(x_t, self.value)
+
+
+def test_loss_vanishes_for_the_true_velocity():
+    x_0 = _randn(B, F, C, H, W)
+    ctx, null = _randn(B, L, D, seed=1), torch.zeros(B, L, D)
+    for shift in (1.0, 5.0, 8.0):
+        loss, logs = teacher_loss(Oracle(x_0), x_0, ctx, null, SampleRNG([1, 2, 3]), FlowMatching(shift=shift))
+        assert loss.item() < 1e-8 and logs["loss"] == loss
+
+
+def test_loss_is_the_velocity_mse():
+    """A zero predictor pays E|ε - x_0|², with ε, t drawn from each sample's own stream."""
+    x_0 = _randn(B, F, C, H, W)
+    flow = FlowMatching(shift=5.0)
+    loss, _ = teacher_loss(Recorder(0.0), x_0, torch.zeros(B, L, D), torch.zeros(B, L, D), SampleRNG([7, 8, 9]), flow)
+    rng = SampleRNG([7, 8, 9])
+    index = rng.randint(1000)
+    eps = rng.randn(F, C, H, W)
+    assert torch.allclose(loss, (eps - x_0).pow(2).mean())
+    # Wan's weighting multiplies each sample's loss by w(t)
+    weighted, _ = teacher_loss(Recorder(0.0), x_0, torch.zeros(B, L, D), torch.zeros(B, L, D),
+                               SampleRNG([7, 8, 9]), flow, weighting="wan")
+    w = flow.training_weight(flow.timesteps[index])
+    assert torch.allclose(weighted, ((eps - x_0).pow(2).mean((1, 2, 3, 4)) * w).mean())
+
+
+def test_timesteps_come_from_the_shifted_grid_and_noise_is_per_sample():
+    x_0 = _randn(2, F, C, H, W)
+    rec = Recorder()
+    teacher_loss(rec, x_0, torch.zeros(2, L, D), torch.zeros(2, L, D), SampleRNG([5, 6]), FlowMatching(shift=5.0))
+    x_t, t, _ = rec.calls[0]
+    grid = FlowMatching(shift=5.0).timesteps
+    assert t.shape == (2,) and all((grid == v).any() for v in t)
+    # sample 1's draws do not depend on its neighbour in the batch
+    rec2 = Recorder()
+    teacher_loss(rec2, x_0[1:], torch.zeros(1, L, D), torch.zeros(1, L, D), SampleRNG([6]), FlowMatching(shift=5.0))
+    assert torch.equal(rec2.calls[0][0][0], x_t[1]) and rec2.calls[0][1][0] == t[1]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+def test_prompt_dropout_rate(p):
+    n = 2000
+    x_0 = torch.zeros(n, 1, 1, 1, 1)
+    ctx, null = torch.ones(n, 1, 1), torch.zeros(n, 1, 1)
+    rec = Recorder()
+    _, logs = teacher_loss(rec, x_0, ctx, null, SampleRNG(range(n)), FlowMatching(), prompt_dropout=p)
+    dropped = (rec.calls[0][2] == 0).flatten().float()
+    assert logs["prompt_dropout"] == dropped.mean()
+    assert abs(dropped.mean().item() - p) < 0.03
+    if p in (0.0, 1.0):
+        assert dropped.mean().item() == p
+
+
+def test_teacher_training_update_runs_backward():
+    model = WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=1, freq_dim=32,
+                                               text_dim=D, text_len=L))
+    algo = TeacherTraining(TeacherConfig(), model)
+    (update,) = algo.updates
+    batch = Batch(context=_randn(2, L, D), null_context=torch.zeros(2, L, D), seeds=torch.tensor([1, 2]),
+                  x_0=_randn(2, F, C, H, W))
+    loss, logs = update.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.head.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32,
+                                           text_dim=D, text_len=L)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a fresh Wan predicts zero velocity
+    return m
+
+
+def _sample(model, **kw):
+    args = dict(num_frames=F, latent_size=(H, W), steps=4, guidance=1.0, seed=0)
+    args.update(kw)
+    ctx = args.pop("context", _randn(2, L, D, seed=1))
+    return sample_teacher(model, ctx, args.pop("negative_context", None), **args)
+
+
+def test_sampler_is_deterministic_and_per_sample(model):
+    a, b = _sample(model, seed=3), _sample(model, seed=3)
+    assert torch.equal(a, b) and a.shape == (2, F, C, H, W)
+    assert not torch.equal(a, _sample(model, seed=4))
+    ctx = _randn(2, L, D, seed=1)
+    alone = _sample(model, context=ctx[1:], seed=[4])          # sample 1 of seed 3 uses seed 4
+    torch.testing.assert_close(alone[0], a[1], rtol=1e-5, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(_sample(model, generator=g), _sample(model, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(_sample(model, sampler="dpmpp-2m"), _sample(model, sampler="dpmpp-2m"))
+
+
+def test_guidance_one_equals_the_unguided_sampler(model):
+    neg = _randn(1, L, D, seed=9)
+    unguided = _sample(model)
+    assert torch.equal(_sample(model, guidance=1.0, negative_context=neg), unguided)
+    # the batched guided path with an uninformative negative prompt (= the prompt) gives the same result
+    ctx = _randn(2, L, D, seed=1)
+    same = _sample(model, context=ctx, guidance=4.0, negative_context=ctx)
+    torch.testing.assert_close(same, unguided, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(_sample(model, guidance=4.0, negative_context=neg), unguided, atol=1e-3)
+    with pytest.raises(ValueError, match="negative_context"):
+        _sample(model, guidance=3.0)
+
+
+def test_guidance_is_linear_in_velocity_space():
+    class Linear(torch.nn.Module):
+        config = SimpleNamespace(in_dim=C)
+
+        def forward(self, x_t, t, context):
+            return torch.zeros_like(x_t) + context.mean((1, 2)).reshape(-1, 1, 1, 1, 1)
+
+    ctx, neg = torch.full((1, L, D), 2.0), torch.full((1, L, D), 0.5)
+    # constant velocity v = u + g (c - u) integrated from σ = 1 to 0: x_0 = noise - v
+    out = sample_teacher(Linear(), ctx, neg, num_frames=1, latent_size=(H, W), steps=3, guidance=3.0, seed=0)
+    unguided = sample_teacher(Linear(), ctx, None, num_frames=1, latent_size=(H, W), steps=3, guidance=1.0, seed=0)
+    v_guided, v_cond = 0.5 + 3.0 * (2.0 - 0.5), 2.0
+    torch.testing.assert_close(unguided - out, torch.full_like(out, v_guided - v_cond))
+
+
+def test_euler_integrates_the_exact_field_to_its_target():
+    """For v(x, σ) = (x - a) / σ (all mass at a) Euler lands exactly on a, whatever the steps or shift."""
+    a = _randn(1, F, C, H, W, seed=5)
+    for steps, shift in ((3, 8.0), (10, 1.0)):
+        out = sample_teacher(Oracle(a), torch.zeros(1, L, D), num_frames=F, latent_size=(H, W), steps=steps,
+                             guidance=1.0, shift=shift, seed=0)
+        torch.testing.assert_close(out, a, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_to_uint8_inverts_the_normalised_codec():
+    from selfforcing.world import WorldDataConfig, WorldDataset
+
+    video = WorldDataset(WorldDataConfig(length=2, num_frames=3, size=16))[0][0][None]   # (1, 3, 3, 16, 16)
+    z = WORLD_LATENT_NORM.normalize(SpaceToDepthCodec(4).encode(video))
+    frames = decode_to_uint8(z)
+    assert frames.shape == (1, 3, 16, 16, 3) and frames.dtype == torch.uint8
+    assert (frames.int() - to_uint8(video).int()).abs().max() <= 1

@@ -1,0 +1,241 @@
+"""Training infrastructure: typed overrides, atomic checkpoints, exact resume, EMA, accumulation, a real step."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfforcing.training import checkpoint as ckpt
+from selfforcing.training.cli import add_parser, run
+from selfforcing.training.config import TrainConfig, load_config, resolve_config, train_preset
+from selfforcing.training.data import micro_positions, sample_index
+from selfforcing.training.ema import EMA
+from selfforcing.training.overrides import apply_overrides
+from selfforcing.training.trainer import Trainer, lr_at
+
+
+def tiny(tmp_path: Path, *overrides: str) -> TrainConfig:
+    return resolve_config("teacher-tiny", list(overrides), out_dir=str(tmp_path))
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+def test_overrides_are_parsed_and_typed():
+    base = train_preset("teacher-world")
+    cfg = apply_overrides(base, ["optim.lr=3e-4", "schedule.steps=2_000", "optim.betas=(0.9, 0.95)",
+                                 "ema.enabled=false", "precision.autocast=bf16", "teacher.init_from=none",
+                                 "model.num_layers=4", "model.patch_size=1,2,2"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.schedule.steps == 2000 and isinstance(cfg.schedule.steps, int)
+    assert cfg.optim.betas == (0.9, 0.95)
+    assert cfg.ema.enabled is False and cfg.precision.autocast == "bf16"
+    assert cfg.teacher.init_from is None and cfg.model.num_layers == 4 and cfg.model.patch_size == (1, 2, 2)
+    assert base.optim.lr != 3e-4                                     # frozen: the base is untouched
+    # all overrides are applied before the checks run, so their order does not matter
+    a = apply_overrides(base, ["schedule.grad_accum=3", "schedule.batch_size=6"])
+    b = apply_overrides(base, ["schedule.batch_size=6", "schedule.grad_accum=3"])
+    assert a == b and a.schedule.grad_accum == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("nope=1", "unknown config key 'nope'"),
+    ("optim.lr.x=1", "is a value, not a section"),
+    ("optim=1", "is a section"),
+    ("optim.lr=abc", "optim.lr: 'abc' is not a number"),
+    ("schedule.steps=1.5", "schedule.steps: '1.5' is not an integer"),
+    ("ema.enabled=maybe", "is not a boolean"),
+    ("precision.autocast=fp16", "is not one of"),
+    ("optim.betas=0.9", "expected 2 values"),
+    ("schedule.grad_accum=3", "not divisible"),
+    ("lr", "not of the form key=value"),
+])
+def test_bad_overrides_raise_one_line(override, message):
+    with pytest.raises(ValueError, match=None) as info:
+        apply_overrides(train_preset("teacher-world"), [override])
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_config_round_trips_and_json_files(tmp_path):
+    cfg = train_preset("teacher-world-quick")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "teacher-tiny", "optim": {"lr": 0.01}, "schedule": {"steps": 7}}))
+    loaded = load_config(str(path))
+    assert loaded.optim.lr == 0.01 and loaded.schedule.steps == 7 and loaded.model == train_preset("teacher-tiny").model
+    path.write_text(json.dumps({"optim": {"lr": 0.01, "bogus": 1}}))
+    with pytest.raises(ValueError, match="unknown config key 'optim.bogus'"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match="neither a training preset"):
+        load_config("no-such-preset")
+
+
+def test_cli_parses_and_reports_bad_input(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "teacher-tiny", "--set", "optim.lr=0.5", "schedule.steps=3",
+                              "--out", str(tmp_path), "--print-config"])
+    run(args)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.5 and printed["schedule"]["steps"] == 3 and printed["out_dir"] == str(tmp_path)
+    with pytest.raises(ValueError, match="unknown config key"):
+        run(parser.parse_args(["train", "teacher-tiny", "--set", "optim.nope=1"]))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(parser.parse_args(["train", "teacher-tiny", "--out", str(tmp_path / "empty"), "--resume"]))
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def test_failed_checkpoint_write_leaves_the_old_one_intact(tmp_path, monkeypatch):
+    path = ckpt.checkpoint_path(tmp_path, 1)
+    ckpt.save_state(path, {"step": 1, "weights": torch.arange(4.0)})
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def crash_mid_write(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)       # a full file lands at the temporary name ...
+        with open(f, "r+b") as fh:
+            fh.truncate(10)                      # ... is cut short, and the process dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_state(path, {"step": 2, "weights": torch.zeros(4)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert ckpt.load_state(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]          # no temporary file left behind
+    assert ckpt.latest_checkpoint(tmp_path) == path
+
+
+def test_prune_keeps_the_newest(tmp_path):
+    for step in (2, 4, 6, 8):
+        ckpt.save_state(ckpt.checkpoint_path(tmp_path, step), {"step": step})
+    ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [6, 8]
+
+
+def test_resume_after_a_kill_is_bitwise_identical(tmp_path):
+    cfg = dataclasses.replace(tiny(tmp_path / "a", "schedule.steps=5", "checkpoint.every=2", "checkpoint.keep=5"))
+    straight = Trainer(cfg)
+    straight.fit()
+
+    killed_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"))
+    killed = Trainer(killed_cfg)
+    killed.fit(until=3)                          # checkpoint at step 2; step 3 is lost with the process
+    del killed
+    resumed = Trainer(killed_cfg, resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    assert resumed.step == straight.step == 5
+
+    for name, a in params(straight.networks["model"]).items():
+        assert torch.equal(a, params(resumed.networks["model"])[name]), name
+    for name, a in straight.emas["model"].shadow.items():
+        assert torch.equal(a, resumed.emas["model"].shadow[name]), name
+    opt_a, opt_b = straight.optimizers["model"].state_dict(), resumed.optimizers["model"].state_dict()
+    for i, state in opt_a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, opt_b["state"][i][key]), (i, key)
+    # the final checkpoints agree too, config and step included
+    a = ckpt.load_state(ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints"))
+    b = ckpt.load_state(ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints"))
+    assert a["step"] == b["step"] == 5 and TrainConfig.from_dict(a["config"]) == cfg
+
+
+def test_exported_weights_load_with_their_config(tmp_path):
+    from selfforcing.inference.loading import read_pipeline_spec
+    from selfforcing.io.checkpoints import describe_checkpoint, load_transformer
+
+    cfg = tiny(tmp_path, "schedule.steps=2")
+    trainer = Trainer(cfg)
+    trainer.fit()
+    model = load_transformer(tmp_path / "model.safetensors")
+    for k, v in trainer.networks["model"].state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    ema = load_transformer(tmp_path / "model_ema.safetensors")
+    assert ema.config == cfg.model
+    meta = describe_checkpoint(tmp_path / "model_ema.safetensors")["metadata"]
+    assert TrainConfig.from_dict(json.loads(meta[ckpt.TRAIN_CONFIG_KEY])) == cfg
+    assert json.loads(meta[ckpt.STEP_KEY]) == 2
+    spec = read_pipeline_spec(tmp_path / "model.safetensors")
+    assert spec.train_frames == cfg.data.num_frames and spec.sampling.shift == cfg.teacher.sample_shift
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def test_ema_math():
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, decay=0.9, start_step=2)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net, step=1)                      # before start_step: a copy
+    assert torch.equal(ema.shadow["weight"], net.weight)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    ema.update(net, step=2)                      # 0.9 * 1 + 0.1 * 3
+    assert torch.allclose(ema.shadow["weight"], torch.full((2, 3), 1.2))
+    ema.update(net, step=3)                      # 0.9 * 1.2 + 0.1 * 3
+    assert torch.allclose(ema.shadow["weight"], torch.full((2, 3), 1.38))
+    with ema.swapped(net):
+        assert torch.allclose(net.weight, torch.full((2, 3), 1.38))
+    assert torch.equal(net.weight, torch.full((2, 3), 3.0))
+    state = ema.state_dict()
+    other = EMA(torch.nn.Linear(3, 2), decay=0.9)
+    other.load_state_dict(state)
+    assert torch.equal(other.shadow["weight"], ema.shadow["weight"])
+
+
+def test_learning_rate_schedule():
+    from selfforcing.training.config import OptimConfig
+
+    o = OptimConfig(lr=1.0, warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+    assert [lr_at(o, s, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(o, 4, 14) == pytest.approx(1.0) and lr_at(o, 13, 14) == pytest.approx(0.1)
+    assert lr_at(dataclasses.replace(o, decay="constant"), 100, 14) == 1.0
+
+
+def test_data_order_partitions_the_global_batch():
+    positions = sorted(p for m in range(2) for r in range(2) for p in micro_positions(8, 2, 2, r, m))
+    assert positions == list(range(8))
+    epoch = [sample_index(g, 10, seed=3) for g in range(10)]
+    assert sorted(epoch) == list(range(10)) and epoch != list(range(10))
+    assert [sample_index(g, 10, seed=3) for g in range(10, 20)] != epoch      # a fresh order every epoch
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    one = Trainer(tiny(tmp_path / "a", "schedule.steps=2", "schedule.batch_size=4", "checkpoint.every=0"))
+    two = Trainer(tiny(tmp_path / "b", "schedule.steps=2", "schedule.batch_size=4", "schedule.grad_accum=2",
+                       "checkpoint.every=0"))
+    logs_one, logs_two = one.fit(), two.fit()
+    assert logs_one["model/loss"] == pytest.approx(logs_two["model/loss"], rel=1e-5)
+    for name, a in params(one.networks["model"]).items():
+        torch.testing.assert_close(a, params(two.networks["model"])[name], rtol=1e-5, atol=1e-6)
+
+
+def test_two_steps_give_finite_loss_and_change_the_weights(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "schedule.steps=2", "checkpoint.every=0"))
+    before = params(trainer.networks["model"])
+    logs = trainer.fit()
+    after = params(trainer.networks["model"])
+    assert trainer.step == 2 and torch.isfinite(torch.tensor(logs["model/loss"]))
+    assert logs["model/grad_norm"] > 0
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)                      # every tensor moved, the zero-initialised head too
+
+
+def test_bf16_autocast_option_runs(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "schedule.steps=1", "precision.autocast=bf16", "checkpoint.every=0",
+                           "schedule.batch_size=1"))
+    logs = trainer.fit()
+    assert torch.isfinite(torch.tensor(logs["model/loss"]))
+    assert next(trainer.networks["model"].parameters()).dtype == torch.float32
