@@ -77,3 +77,16 @@ def test_bench_quick_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["stream"]["fps"] > 0 and report["kv_cache"]["speedup"] > 0
     assert report["rolling"]["latent_frames"] >= 10 * report["rolling"]["window_frames"]
+
+
+def test_generate_with_a_bidirectional_teacher(tmp_path):
+    """A teacher checkpoint samples all frames at once with guidance, through the same command."""
+    from selfforcing.inference.pipeline import SamplingConfig
+
+    cfg = get_preset("world").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1)
+    spec = PipelineSpec(train_frames=4, sampling=SamplingConfig(num_inference_steps=2, guidance_scale=2.0, shift=8.0))
+    path = tmp_path / "teacher.safetensors"
+    save_transformer(WanDiT(cfg), path, extra_metadata={PIPELINE_METADATA_KEY: json.dumps(spec.to_dict())})
+    out = tmp_path / "t.mp4"
+    assert main(["generate", "a blue square", "-o", str(out), "--checkpoint", str(path), "--frames", "5"]) == 0
+    assert iio.imread(out).shape == (5, 64, 64, 3)

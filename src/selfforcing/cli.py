@@ -110,10 +110,10 @@ def cmd_generate(args) -> None:
         raise UsageError(f"--frames must be a multiple of {pipe.codec.temporal_factor}")
     num_latent = num_pixel // pipe.codec.temporal_factor
     try:
-        sizes = chunk_sizes(num_latent, cfg.num_frame_per_block, cfg.independent_first_frame)
+        sizes = chunk_sizes(num_latent, cfg.num_frame_per_block, cfg.independent_first_frame) if cfg.causal else [1]
     except ValueError as err:
         raise UsageError(f"--frames {num_pixel}: {err}") from None
-    if not cfg.rolling and num_latent > spec.train_frames:
+    if cfg.causal and not cfg.rolling and num_latent > spec.train_frames:
         log.warning("%d frames is past the training length %d with a global cache; "
                     "pass --local-attn-size for a rolling cache", num_latent, spec.train_frames)
 

@@ -5,12 +5,20 @@
 """
 
 from selfforcing.diffusion.flow import FlowMatching, shift_sigma
-from selfforcing.diffusion.samplers import cfg, euler_step, sample_dpmpp_2m, sample_euler, sample_few_step
+from selfforcing.diffusion.samplers import (
+    MULTISTEP_SAMPLERS,
+    cfg,
+    euler_step,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_few_step,
+)
 
 __all__ = [
     "FlowMatching",
     "shift_sigma",
     "cfg",
+    "MULTISTEP_SAMPLERS",
     "euler_step",
     "sample_euler",
     "sample_dpmpp_2m",

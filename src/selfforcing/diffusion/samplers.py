@@ -147,3 +147,6 @@ def sample_few_step(
         if callback is not None:
             callback(i, x_t, x_0)
     return x_0
+
+
+MULTISTEP_SAMPLERS = {"euler": sample_euler, "dpmpp-2m": sample_dpmpp_2m}

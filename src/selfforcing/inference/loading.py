@@ -120,11 +120,12 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     overrides: dict | None = None,
     text_encoder=None,
-) -> tuple[StreamingPipeline, PipelineSpec]:
+) -> tuple:
     """Load a streaming pipeline and its spec.
 
     Args:
-        checkpoint: a generator checkpoint (any layout `load_transformer` reads); None = the packaged
+        checkpoint: a checkpoint in any layout `load_transformer` reads: a causal generator gives a
+            `StreamingPipeline`, a bidirectional model (a teacher) a `BidirectionalPipeline`; None = the packaged
             default, or, if no default is shipped, a randomly initialised `world-causal` model (with a warning).
         spec: overrides the spec stored in the checkpoint.
         device, dtype: where and in which precision the generator runs.
@@ -140,7 +141,7 @@ def load_pipeline(
         generator = WanDiT(get_preset("world-causal").replace(**(overrides or {})))
         spec = spec or PipelineSpec()
     else:
-        generator = load_transformer(checkpoint, causal=True, overrides=overrides, device=device, dtype=dtype)
+        generator = load_transformer(checkpoint, overrides=overrides, device=device, dtype=dtype)
         spec = spec or read_pipeline_spec(checkpoint) or PipelineSpec()
     generator = generator.to(device=device, dtype=dtype or generator.dtype)
     codec = make_codec(spec)
@@ -153,5 +154,10 @@ def load_pipeline(
     if text_encoder.dim != generator.config.text_dim:
         raise ValueError(f"text encoder gives {text_encoder.dim}-wide embeddings, the model takes {generator.config.text_dim}")
     latent = (spec.height // codec.spatial_factor, spec.width // codec.spatial_factor)
+    if not generator.config.causal:  # a teacher or a base model: all frames at once
+        from .teacher import BidirectionalPipeline
+
+        return BidirectionalPipeline(generator, latent, text_encoder=text_encoder, codec=codec,
+                                     sampling=spec.sampling), spec
     pipe = StreamingPipeline(generator, latent, text_encoder=text_encoder, codec=codec, sampling=spec.sampling)
     return pipe, spec

@@ -24,7 +24,7 @@ import torch
 
 from ..diffusion.flow import FlowMatching
 from ..diffusion.samplers import cfg as apply_cfg
-from ..diffusion.samplers import sample_dpmpp_2m, sample_euler
+from ..diffusion.samplers import MULTISTEP_SAMPLERS
 from ..models.codec import VideoCodec
 from ..models.kv_cache import CrossAttnCache, KVCache
 from ..models.wan import WanDiT
@@ -62,9 +62,6 @@ class SamplingConfig:
             raise ValueError("num_inference_steps must be positive")
         if not self.denoising_steps:
             raise ValueError("denoising_steps must not be empty")
-
-
-MULTISTEP_SAMPLERS = {"euler": sample_euler, "dpmpp-2m": sample_dpmpp_2m}
 
 
 @dataclass

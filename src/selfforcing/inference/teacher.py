@@ -12,19 +12,18 @@ pass is skipped. The published teacher is sampled with shift 8 and 48-50 steps (
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..models.codec import WORLD_LATENT_NORM, LatentNorm
 from ..diffusion.flow import FlowMatching
-from ..diffusion.samplers import Callback, cfg, sample_dpmpp_2m, sample_euler
-from ..models.codec import SpaceToDepthCodec, VideoCodec, to_uint8
+from ..diffusion.samplers import MULTISTEP_SAMPLERS as SAMPLERS
+from ..diffusion.samplers import Callback, cfg
+from ..models.codec import WORLD_LATENT_NORM, LatentNorm, SpaceToDepthCodec, VideoCodec, to_uint8
+from .pipeline import Chunk, GeneratedVideo, SamplingConfig
 
-__all__ = ["SAMPLERS", "sample_teacher", "initial_noise", "decode_to_uint8"]
-
-SAMPLERS = {"euler": sample_euler, "dpmpp-2m": sample_dpmpp_2m}
+__all__ = ["SAMPLERS", "sample_teacher", "initial_noise", "decode_to_uint8", "BidirectionalPipeline"]
 
 
 def initial_noise(
@@ -122,3 +121,55 @@ def decode_to_uint8(
     """
     codec = codec if codec is not None else SpaceToDepthCodec(4)
     return to_uint8(codec.decode(norm.denormalize(latents.float().cpu())))  # (B, T, H, W, 3)
+
+
+class BidirectionalPipeline:
+    """Generation with a bidirectional model (the teacher, or Wan's base model): all frames are denoised
+    together with `sample_teacher`, so the single "chunk" arrives at the end. Same interface as
+    `StreamingPipeline`, so the CLI and the evaluator treat both alike.
+
+    Sampling comes from `sampling`: `num_inference_steps` (default 50), `sampler`, `shift`, `guidance_scale`.
+    """
+
+    def __init__(self, model, latent_size: tuple[int, int], *, text_encoder=None, codec: VideoCodec | None = None,
+                 sampling: SamplingConfig = SamplingConfig()):
+        if model.config.causal:
+            raise ValueError("BidirectionalPipeline needs a bidirectional model (config.causal=False)")
+        self.generator = model.eval()
+        self.config = model.config
+        self.latent_size = latent_size
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.sampling = sampling
+
+    @torch.no_grad()
+    def stream(self, prompts=None, *, num_frames: int, seeds=0, prompt_embeds=None, negative_prompt: str = "",
+               negative_embeds=None) -> Iterator[Chunk]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if num_frames < 1:
+            raise ValueError(f"the number of latent frames must be positive, got {num_frames}")
+        if prompt_embeds is None:
+            if self.text_encoder is None:
+                raise ValueError("this pipeline has no text encoder: pass prompt_embeds")
+            if any(not p or not p.strip() for p in prompts):
+                raise ValueError("prompts must not be empty")
+            prompt_embeds = self.text_encoder.encode(list(prompts))
+        batch = prompt_embeds.shape[0]
+        seeds = [seeds + b for b in range(batch)] if isinstance(seeds, int) else list(seeds)
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds must be non-negative")
+        guidance = self.sampling.guidance_scale
+        if guidance != 1.0 and negative_embeds is None:
+            negative_embeds = self.text_encoder.encode([negative_prompt or " "])
+        latents = sample_teacher(
+            self.generator, prompt_embeds, negative_embeds, num_frames=num_frames, latent_size=self.latent_size,
+            steps=self.sampling.num_inference_steps or 50, guidance=guidance, shift=self.sampling.shift,
+            seed=seeds, sampler=self.sampling.sampler,
+        )
+        frames = self.codec.decode(latents) if self.codec is not None else None
+        yield Chunk(index=0, start_frame=0, latents=latents, frames=frames)
+
+    def __call__(self, prompts=None, **kwargs) -> GeneratedVideo:
+        chunk = next(iter(self.stream(prompts, **kwargs)))
+        return GeneratedVideo(latents=chunk.latents, frames=chunk.frames, chunks=[chunk.latents.shape[1]])
