@@ -29,6 +29,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--frames", type=int, default=None, help="number of video frames (default: the training length)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the packaged model)")
+    p.add_argument("--model-dir", default=None,
+                   help="a Wan2.1 folder (original or diffusers layout): UMT5 text encoder, Wan VAE and base weights; "
+                        "with --checkpoint, e.g. the official self_forcing_dmd.pt")
+    p.add_argument("--height", type=int, default=480, help="pixel height with --model-dir (default: 480)")
+    p.add_argument("--width", type=int, default=832, help="pixel width with --model-dir (default: 832)")
+    p.add_argument("--low-memory", action="store_true", help="keep the text encoder on the CPU (with --model-dir)")
     p.add_argument("--no-extend", action="store_true", help="use the prompt as given, without the prompt extender")
     p.add_argument("--local-attn-size", type=int, default=None,
                    help="rolling-cache window in latent frames, for videos past the training length")
@@ -97,18 +103,29 @@ def cmd_generate(args) -> None:
         raise UsageError(f"--frames must be positive, got {args.frames}")
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
         raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
+    if args.model_dir is not None and not Path(args.model_dir).is_dir():
+        raise UsageError(f"model directory {args.model_dir!r} does not exist")
     check_writable(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     overrides = {k: v for k, v in (("local_attn_size", args.local_attn_size), ("sink_size", args.sink_size)) if v is not None}
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None)
+    if args.model_dir is not None:
+        from .inference.wan import load_wan_pipeline
+
+        pipe, spec = load_wan_pipeline(
+            args.model_dir, args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
+            text_device="cpu" if args.low_memory else None, height=args.height, width=args.width,
+        )
+    else:
+        pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None)
     cfg = pipe.config
     num_pixel = args.frames if args.frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
-    if num_pixel % pipe.codec.temporal_factor:
-        raise UsageError(f"--frames must be a multiple of {pipe.codec.temporal_factor}")
-    num_latent = num_pixel // pipe.codec.temporal_factor
+    try:
+        num_latent = pipe.codec.num_latent_frames(num_pixel)
+    except ValueError as err:
+        raise UsageError(f"--frames {num_pixel}: {err}") from None
     try:
         sizes = chunk_sizes(num_latent, cfg.num_frame_per_block, cfg.independent_first_frame) if cfg.causal else [1]
     except ValueError as err:

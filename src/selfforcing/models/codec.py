@@ -93,6 +93,11 @@ class VideoCodec:
     def num_pixel_frames(self, num_latent_frames: int) -> int:
         return num_latent_frames * self.temporal_factor
 
+    def num_latent_frames(self, num_pixel_frames: int) -> int:
+        if num_pixel_frames < 1 or num_pixel_frames % self.temporal_factor:
+            raise ValueError(f"the frame count must be a positive multiple of {self.temporal_factor}")
+        return num_pixel_frames // self.temporal_factor
+
 
 class StatelessDecoder:
     def __init__(self, codec: VideoCodec):
