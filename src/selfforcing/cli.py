@@ -192,7 +192,9 @@ COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench}
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    quiet_rank = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports progress
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

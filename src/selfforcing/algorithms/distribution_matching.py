@@ -40,6 +40,16 @@ def _noised(x: torch.Tensor, flow: FlowMatching, rng, min_t: float, max_t: float
     return flow.add_noise(x, eps, t), t, eps
 
 
+@torch.no_grad()
+def _score_pair(x, real, fake, flow, context, uncond_context, guidance, rng, min_t, max_t):
+    """Noise the clip once and return (p_real, p_fake, mean|x - p_real| per sample, t)."""
+    x_t, t, _ = _noised(x.detach(), flow, rng, min_t, max_t)
+    p_fake = predict_x0(fake, flow, x_t, t, context)
+    p_real = real_score_x0(real, flow, x_t, t, context, uncond_context, guidance)
+    weight = (x.detach() - p_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)           # (B, 1, 1, 1, 1)
+    return p_real, p_fake, weight, t
+
+
 def dmd_loss(
     x: torch.Tensor,
     real: WanDiT,
@@ -64,12 +74,8 @@ def dmd_loss(
         real, fake: the real score (frozen teacher) and the fake score (critic).
         context, uncond_context: (B, L, D) prompt and (1 or B, L, D) negative-prompt embeddings.
     """
-    with torch.no_grad():
-        x_t, t, _ = _noised(x.detach(), flow, rng, min_t, max_t)
-        p_fake = predict_x0(fake, flow, x_t, t, context)
-        p_real = real_score_x0(real, flow, x_t, t, context, uncond_context, guidance)
-        weight = (x.detach() - p_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)       # (B, 1, 1, 1, 1)
-        grad = torch.nan_to_num((p_fake - p_real) / weight)
+    p_real, p_fake, weight, t = _score_pair(x, real, fake, flow, context, uncond_context, guidance, rng, min_t, max_t)
+    grad = torch.nan_to_num((p_fake - p_real) / weight)                                  # Eq. 7 / 8
     loss = 0.5 * F.mse_loss(x.float(), (x.detach() - grad).float())
     return loss, {"dmd/grad_norm": grad.norm() / grad.numel() ** 0.5, "dmd/t": t.float().mean(),
                   "dmd/real_fake_gap": (p_real - p_fake).abs().mean()}
@@ -95,11 +101,7 @@ def sid_loss(
 
     with the score predictions held constant and the gradient flowing through x.
     """
-    with torch.no_grad():
-        x_t, t, _ = _noised(x.detach(), flow, rng, min_t, max_t)
-        p_fake = predict_x0(fake, flow, x_t, t, context)
-        p_real = real_score_x0(real, flow, x_t, t, context, uncond_context, guidance)
-        weight = (x.detach() - p_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    p_real, p_fake, weight, t = _score_pair(x, real, fake, flow, context, uncond_context, guidance, rng, min_t, max_t)
     diff = (p_real - p_fake).float()
     loss = torch.nan_to_num(diff * ((p_real - x).float() - alpha * diff) / weight).mean()
     return loss, {"sid/real_fake_gap": diff.abs().mean(), "sid/t": t.float().mean()}

@@ -81,7 +81,9 @@ def _gate(y: torch.Tensor, gate: torch.Tensor, num_frames: int) -> torch.Tensor:
     return (y.float().unflatten(1, (num_frames, -1)) * gate[:, :, None]).flatten(1, 2)
 
 
-class SelfAttention(nn.Module):
+class _Projections(nn.Module):
+    """q, k, v, o projections and the q / k RMSNorms shared by self- and cross-attention (Wan's names)."""
+
     def __init__(self, cfg: WanConfig, layer: int):
         super().__init__()
         self.layer = layer
@@ -93,6 +95,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
+
+class SelfAttention(_Projections):
     def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
@@ -103,18 +107,7 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k, v, mask))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanConfig, layer: int):
-        super().__init__()
-        self.layer = layer
-        self.num_heads = cfg.num_heads
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-
+class CrossAttention(_Projections):
     def forward(self, x, context, cache: CrossAttnCache | None = None):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
         if cache is not None and cache.k[self.layer] is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 __all__ = ["add_parser", "run", "main"]
@@ -56,30 +55,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m selfforcing.training.cli train ...`, e.g. under torchrun)."""
-    parser = argparse.ArgumentParser(prog="selfforcing")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == "0" else logging.WARNING,
-                        format="%(message)s")
-    for noisy in ("transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except ValueError as err:
-        if args.verbose:
-            raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"selfforcing: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    """Stand-alone entry point (`python -m selfforcing.training.cli train ...`, e.g. under torchrun): the main
+    command line, so errors and logging behave the same."""
+    from ..cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
