@@ -5,7 +5,9 @@ Sections:
 - stream: frames per second and first-chunk latency of streaming generation (4 steps + cache refill per
   chunk), and the achieved FLOP/s of the generator against the peak;
 - kv: the speed-up of the KV cache over recomputing the whole visible context for every chunk;
-- rolling: per-chunk time of a rolling cache (window W) at the start vs after 10 W frames: it must stay flat.
+- rolling: per-chunk time of a rolling cache (window W) at the start vs after 10 W frames: it must stay flat
+  (each chunk's median over repeated runs, so bursts of other load on a shared machine do not skew the
+  ratio); and the rolling cache against recomputing the window from scratch every chunk.
 
 All models have random weights (speed does not depend on them); the text embeddings are random too, so
 only the generator is timed. Pixel frames are counted as the Wan VAE makes them (4 per latent frame after
@@ -172,8 +174,11 @@ def run_bench(bc: BenchConfig) -> dict:
         rolling_cfg = cfg.replace(local_attn_size=window, sink_size=0)
         rolling = _model(rolling_cfg, bc.device, dtype)
         long = 10 * window + window
-        marks = _timed_stream(StreamingPipeline(rolling, latent), embeds, long, bc.device)
-        per_chunk = [b - a for a, b in zip([0.0] + marks[:-1], marks)]
+        # the median over repeated runs of each chunk's time resists bursts of other load on a shared machine
+        runs = [_timed_stream(StreamingPipeline(rolling, latent), embeds, long, bc.device) for _ in range(reps)]
+        per_chunk = [statistics.median(b - a for a, b in chunk_pairs) for chunk_pairs in
+                     zip(*[list(zip([0.0] + m[:-1], m)) for m in runs])]
+        marks = [statistics.median(m[-1] for m in runs)]
         n = window // k                                                    # chunks per window
         start = statistics.median(per_chunk[n : 2 * n])                   # cache just full
         end = statistics.median(per_chunk[-n:])                            # after 10 windows
@@ -184,6 +189,7 @@ def run_bench(bc: BenchConfig) -> dict:
             "chunk_s_at_start": start,
             "chunk_s_after_10_windows": end,
             "ratio_end_over_start": end / start,
+            "repetitions": reps,
             "fps_rolling_cache": _pixel_frames(long, bc.height) / marks[-1],
             "fps_recompute_window": _pixel_frames(long, bc.height) / window_re[-1],
         }

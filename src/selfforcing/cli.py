@@ -77,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_info(sub)
     _add_bench(sub)
+    from .eval import cli as eval_cli
     from .training import cli as train_cli
     from .world import cli as world_cli
 
+    eval_cli.add_parser(sub)
     train_cli.add_parser(sub)
     w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
     world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
@@ -207,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             from .training import cli as train_cli
 
             train_cli.run(args)
+        elif args.command == "eval":
+            from .eval import cli as eval_cli
+
+            eval_cli.run(args)
         else:
             COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,100 @@
+"""`selfforcing eval`: score videos with the oracle evaluator.
+
+The main CLI hands its subparsers to `add_parser` and calls `run` with the parsed arguments.
+
+    selfforcing eval --videos DIR [--json]             # NNNNN.mp4 + prompts.jsonl, e.g. from `world render`
+    selfforcing eval --checkpoint gen.safetensors --n 16 --frames 21 [--seed 0] [--json]
+    selfforcing eval --checkpoint gen.safetensors --frames 240 --window 16    # a long-rollout drift curve
+
+With --checkpoint the generator rolls out the first N held-out prompts (short captions, extended by the
+world's prompt extender when the checkpoint asks for it) and each video is scored against the prompt it
+was given.  --json prints `Report.to_dict()`: num_videos, weights, mean, drift, frechet_distance,
+reference, videos.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from selfforcing.eval.report import Report, evaluate_folder, evaluate_videos, format_table
+from selfforcing.eval.scores import DRIFT_WINDOW
+
+logger = logging.getLogger(__name__)
+DEFAULT_PROMPTS = 16              # held-out prompts generated with --checkpoint when --n is not given
+DEFAULT_REFERENCE = 64            # real videos in the Fréchet reference set
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `eval` on the main CLI's subparsers; `func` is set to `run`."""
+    p = subparsers.add_parser("eval", help="score videos with the oracle evaluator (semantic, quality, temporal)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", metavar="DIR", help="folder of videos with prompts.jsonl")
+    source.add_argument("--checkpoint", metavar="PATH", help="generate the held-out set with this generator")
+    p.add_argument("--json", action="store_true", help="print machine-readable scores")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per generated video (--checkpoint; default: the training length)")
+    p.add_argument("--n", type=int, default=None,
+                   help=f"held-out prompts to generate (--checkpoint, default {DEFAULT_PROMPTS}) "
+                        "or videos to score (--videos, default all)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed of the first prompt (+1 per prompt)")
+    p.add_argument("--window", type=int, default=DRIFT_WINDOW, help="frames per drift-curve window")
+    p.add_argument("--reference", type=int, default=DEFAULT_REFERENCE,
+                   help="real videos for the Fréchet distance (0: skip it)")
+    p.add_argument("--device", default="cpu", help="torch device for generation")
+    p.set_defaults(func=run)
+    return p
+
+
+def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu") -> tuple[list, int]:
+    """Roll the generator out on the first `n` held-out prompts.
+
+    Returns:
+        [(name, uint8 video (F, H, W, 3), prompt given to the generator)], and the frame rate.
+    """
+    import torch
+
+    from selfforcing.inference.loading import load_pipeline
+    from selfforcing.world import extend_prompt, heldout_prompts, to_uint8
+
+    pipe, spec = load_pipeline(checkpoint, device=device)
+    factor = pipe.codec.temporal_factor
+    frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
+    if frames % factor:
+        raise ValueError(f"--frames must be a multiple of {factor} for this codec, got {frames}")
+    items = []
+    for i, (short, _) in enumerate(heldout_prompts(n)):
+        prompt = extend_prompt(short) if spec.prompt_extender == "world" else short
+        chunks = [c.frames[0] for c in pipe.stream(prompt, num_frames=frames // factor, seeds=[seed + i])]
+        items.append((f"heldout-{i:03d}", to_uint8(torch.cat(chunks).float()), prompt))   # (T, 3, H, W) -> uint8
+        logger.info("generated %d / %d", i + 1, n)
+    return items, spec.fps
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Score what `args` asks for, print the table (or JSON) and return the report.
+
+    Raises:
+        ValueError: bad options, a missing folder or prompts.jsonl, an unreadable video, a missing checkpoint.
+    """
+    if args.n is not None and args.n <= 0:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    if args.frames is not None and args.frames <= 1:
+        raise ValueError(f"--frames must be at least 2, got {args.frames}")
+    if args.window < 2:
+        raise ValueError(f"--window must be at least 2, got {args.window}")
+    if args.reference < 0 or args.reference == 1:
+        raise ValueError(f"--reference must be 0 or at least 2, got {args.reference}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {args.seed}")
+    if args.videos is not None:
+        report = evaluate_folder(args.videos, limit=args.n, window=args.window, reference=args.reference)
+    else:
+        if not Path(args.checkpoint).exists():
+            raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
+        items, fps = generate_heldout(args.checkpoint, args.n or DEFAULT_PROMPTS, args.frames, args.seed,
+                                      getattr(args, "device", "cpu"))
+        report = evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
+    return report
