@@ -12,6 +12,10 @@ Sections:
 All models have random weights (speed does not depend on them); the text embeddings are random too, so
 only the generator is timed. Pixel frames are counted as the Wan VAE makes them (4 per latent frame after
 a first single frame) for Wan-sized latents, and one per latent frame for the synthetic world.
+
+`compile` and `fp8` apply `inference/speed.py` to every model; with `compile` each pipeline runs once
+untimed first, so compilation is not counted. FP8 without torchao on an FP8 GPU is emulated (weight-only)
+and is not faster.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from .config import get_preset
 from .inference.pipeline import SamplingConfig, StreamingPipeline
+from .inference.speed import Float8WeightLinear, SpeedOptions
 from .models.wan import WanDiT
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "dit_flops", "matmul_peak"]
@@ -41,6 +46,8 @@ class BenchConfig:
     window: int = 9
     quick: bool = False
     skip: tuple[str, ...] = ()
+    compile: bool = False
+    fp8: bool = False
 
 
 def dit_flops(cfg, query_tokens: int, key_tokens: int) -> float:
@@ -93,10 +100,19 @@ def _timed_stream(pipe: StreamingPipeline, embeds, num_frames: int, device: str)
     return marks
 
 
-def _model(cfg, device, dtype) -> WanDiT:
+def _model(cfg, device, dtype, bc: BenchConfig) -> WanDiT:
     with torch.device(device):
         model = WanDiT(cfg)
-    return model.to(dtype=dtype).eval()
+    model = model.to(dtype=dtype).eval()
+    SpeedOptions(compile=bc.compile, fp8=bc.fp8).apply(model)
+    return model
+
+
+def _warm_up(bc: BenchConfig, *pipes_and_frames) -> None:
+    """With `compile`, run each (pipeline, frames) once untimed so that every cache length is compiled."""
+    if bc.compile:
+        for pipe, embeds, frames in pipes_and_frames:
+            _timed_stream(pipe, embeds, frames, bc.device)
 
 
 def fastest_dtype(device: str) -> tuple[torch.dtype, dict[str, float]]:
@@ -130,9 +146,11 @@ def run_bench(bc: BenchConfig) -> dict:
             "platform": platform.platform(),
         },
     }
-    model = _model(cfg, bc.device, dtype)
+    model = _model(cfg, bc.device, dtype, bc)
+    emulated = any(isinstance(m, Float8WeightLinear) for m in model.modules())
     report["config"] = {**bc.__dict__, "dtype": str(dtype).removeprefix("torch."), "frames": frames, "tokens_per_frame": tokens_per_frame,
-                        "params": sum(p.numel() for p in model.parameters())}
+                        "params": sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()),
+                        "fp8_backend": ("emulated" if emulated else "torchao") if bc.fp8 else None}
     steps = len(SamplingConfig().denoising_steps)
 
     if "peak" not in bc.skip:
@@ -141,7 +159,7 @@ def run_bench(bc: BenchConfig) -> dict:
 
     if "stream" not in bc.skip:
         pipe = StreamingPipeline(model, latent)
-        _timed_stream(pipe, embeds, k, bc.device)                          # warm-up
+        _timed_stream(pipe, embeds, frames if bc.compile else k, bc.device)  # warm-up
         runs = [_timed_stream(pipe, embeds, frames, bc.device) for _ in range(reps)]
         total = statistics.median(r[-1] for r in runs)
         first = statistics.median(r[0] for r in runs)
@@ -165,6 +183,7 @@ def run_bench(bc: BenchConfig) -> dict:
     if "kv" not in bc.skip:
         cached = StreamingPipeline(model, latent)
         recompute = StreamingPipeline(model, latent, use_kv_cache=False)
+        _warm_up(bc, (cached, embeds, frames), (recompute, embeds, frames))
         t_cache = statistics.median(_timed_stream(cached, embeds, frames, bc.device)[-1] for _ in range(reps))
         t_re = statistics.median(_timed_stream(recompute, embeds, frames, bc.device)[-1] for _ in range(reps))
         report["kv_cache"] = {"cached_s": t_cache, "recompute_s": t_re, "speedup": t_re / t_cache}
@@ -172,8 +191,10 @@ def run_bench(bc: BenchConfig) -> dict:
     if "rolling" not in bc.skip:
         window = max(bc.window - bc.window % k, 2 * k)
         rolling_cfg = cfg.replace(local_attn_size=window, sink_size=0)
-        rolling = _model(rolling_cfg, bc.device, dtype)
+        rolling = _model(rolling_cfg, bc.device, dtype, bc)
         long = 10 * window + window
+        _warm_up(bc, (StreamingPipeline(rolling, latent), embeds, long),
+                 (StreamingPipeline(rolling, latent, use_kv_cache=False), embeds, long))
         # the median over repeated runs of each chunk's time resists bursts of other load on a shared machine
         runs = [_timed_stream(StreamingPipeline(rolling, latent), embeds, long, bc.device) for _ in range(reps)]
         per_chunk = [statistics.median(b - a for a, b in chunk_pairs) for chunk_pairs in
@@ -198,8 +219,10 @@ def run_bench(bc: BenchConfig) -> dict:
 
 def format_report(r: dict) -> str:
     lines = [f"machine: {r['machine']['device']} ({r['machine']['cpu_threads']} threads, torch {r['machine']['torch']})",
-             f"model: {r['config']['preset']} ({r['config']['params'] / 1e6:.1f} M params, {r['config']['dtype']}), "
-             f"{r['config']['tokens_per_frame']} tokens/frame"]
+             f"model: {r['config']['preset']} ({r['config']['params'] / 1e6:.1f} M params, {r['config']['dtype']}"
+             + (f", FP8 {r['config']['fp8_backend']}" if r['config'].get('fp8_backend') else "")
+             + (", compiled" if r['config'].get('compile') else "")
+             + f"), {r['config']['tokens_per_frame']} tokens/frame"]
     if "peak_flops" in r:
         lines.append(f"matmul peak: {r['peak_flops'] / 1e9:.1f} GFLOP/s")
     if "stream" in r:

@@ -42,7 +42,16 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="generator precision (default: as stored)")
+    _add_speed_flags(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _add_speed_flags(p) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks (the first chunks are slow while they compile)")
+    p.add_argument("--fp8", action="store_true",
+                   help="FP8 linear layers in the transformer blocks: fast with torchao on a CUDA GPU and "
+                        "--dtype bfloat16; elsewhere FP8 weights are emulated (saves memory, not faster)")
 
 
 def _add_info(sub) -> None:
@@ -62,6 +71,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: the dtype with the fastest measured matmul on this machine")
     p.add_argument("--window", type=int, default=9, help="rolling window W in latent frames (default: 9)")
+    _add_speed_flags(p)
     p.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke test")
     p.add_argument("--skip", nargs="*", default=[], choices=["stream", "kv", "rolling", "peak"],
                    help="sections to skip")
@@ -83,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    _add_ode_pairs(sub)
     w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
     world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
     return parser
@@ -119,9 +130,11 @@ def cmd_generate(args) -> None:
         pipe, spec = load_wan_pipeline(
             args.model_dir, args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
             text_device="cpu" if args.low_memory else None, height=args.height, width=args.width,
+            compile=args.compile, fp8=args.fp8,
         )
     else:
-        pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None)
+        pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
+                                   compile=args.compile, fp8=args.fp8)
     cfg = pipe.config
     num_pixel = args.frames if args.frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     try:
@@ -184,11 +197,38 @@ def cmd_bench(args) -> None:
     report = run_bench(BenchConfig(
         preset=args.preset, height=args.height, width=args.width, frames=args.frames, device=args.device,
         dtype=args.dtype, window=args.window, quick=args.quick, skip=tuple(args.skip),
+        compile=args.compile, fp8=args.fp8,
     ))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
-COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench}
+def _add_ode_pairs(sub) -> None:
+    p = sub.add_parser("ode-pairs", help="sample teacher ODE trajectories for the ODE-regression init (no videos)")
+    p.add_argument("teacher", help="the trained bidirectional teacher (e.g. runs/teacher/model_ema.safetensors)")
+    p.add_argument("-o", "--out", required=True, help="output folder (resumable: reruns add what is missing)")
+    p.add_argument("--n", type=int, default=256, help="trajectories (default: 256)")
+    p.add_argument("--steps", type=int, default=16, help="Euler steps per trajectory, a multiple of 4 (default: 16)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the teacher's)")
+    p.add_argument("--shift", type=float, default=5.0, help="sampling shift: the generator's (default: 5)")
+    p.add_argument("--frames", type=int, default=21, help="latent frames per trajectory (default: 21)")
+    p.add_argument("--batch-size", type=int, default=8, help="trajectories sampled together (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_ode_pairs(args) -> None:
+    from .training.ode_pairs import ODEPairsConfig, generate_ode_pairs
+
+    if args.seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {args.seed}")
+    out = generate_ode_pairs(ODEPairsConfig(
+        teacher=args.teacher, out=args.out, n=args.n, num_steps=args.steps, guidance=args.guidance,
+        shift=args.shift, num_frames=args.frames, batch_size=args.batch_size, seed=args.seed,
+    ), device=args.device)
+    print(f"wrote {args.n} trajectories to {out}")
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench, "ode-pairs": cmd_ode_pairs}
 
 
 def main(argv: list[str] | None = None) -> int:

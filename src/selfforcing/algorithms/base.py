@@ -35,6 +35,8 @@ class Batch:
         null_context: (B, L, text_dim) embeddings of the empty prompt (prompt dropout, negative prompt).
         seeds: (B,) int64 per-sample seeds, the only source of randomness (see `SampleRNG`).
         x_0: (B, F, C, H, W) clean latents of real videos, or None for prompt-only algorithms.
+        trajectory: (B, S + 1, F, C, H, W) stored teacher ODE states, the last one clean (ODE init), or None.
+        trajectory_timesteps: (S + 1,) their timesteps, the last 0.
         prompts: the captions, for logging.
     """
 
@@ -42,6 +44,8 @@ class Batch:
     null_context: torch.Tensor
     seeds: torch.Tensor
     x_0: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None
+    trajectory_timesteps: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
 
     @property
@@ -58,12 +62,15 @@ class Update:
         network: key of the trained network in the algorithm's `networks`.
         loss: batch -> (scalar loss averaged over the batch, logs of detached 0-dim tensors).
         every: runs at the steps where `step % every == 0` (DMD's `dfake_gen_update_ratio`).
+        lr: this optimizer's peak learning rate (the schedule's shape comes from the run's `optim`);
+            None: `optim.lr`. DMD trains its critic at a fifth of the generator's rate (spec §4(b)).
     """
 
     name: str
     network: str
     loss: LossFn
     every: int = 1
+    lr: float | None = None
 
 
 class Algorithm(Protocol):
@@ -101,6 +108,12 @@ class SampleRNG:
     def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, *shape) uniform on [0, 1)."""
         return torch.stack([torch.rand(shape, generator=g, dtype=dtype) for g in self.generators]).to(self.device)
+
+    def generator(self) -> torch.Generator:
+        """One generator for draws shared by the whole micro-batch (e.g. Self-Forcing's exit step), seeded
+        from all the samples' seeds."""
+        seeds = [int(g.initial_seed()) for g in self.generators]
+        return torch.Generator().manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
         """(B, *shape) int64 uniform on [0, high)."""

@@ -15,13 +15,17 @@ few-step list, denoised in one parallel forward; its x_0 prediction is the clip 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..diffusion.flow import FlowMatching
 from ..models.wan import WanDiT
 from ..nn.masks import frame_blocks
+from .base import Batch, SampleRNG, Update
 
-__all__ = ["per_block_timesteps", "causal_diffusion_loss", "one_pass_sample"]
+__all__ = ["per_block_timesteps", "causal_diffusion_loss", "one_pass_sample", "CausalDiffusionConfig",
+           "CausalDiffusionTraining"]
 
 
 def _blocks(generator: WanDiT, num_frames: int) -> torch.Tensor:
@@ -99,3 +103,49 @@ def one_pass_sample(
     else:
         v = generator(x_t, t, context)
     return flow.x0_from_velocity(x_t, v, t)
+
+
+@dataclass(frozen=True)
+class CausalDiffusionConfig:
+    """Causal diffusion training (the TF / DF baselines) and how its checkpoints are sampled.
+
+    Attributes:
+        teacher_forcing: clean ground-truth context (TF) or an independent noise level per block (DF).
+        init_from: starting weights (the teacher loaded into the causal config, as in the paper); None: random.
+        shift: the training grid's shift (spec §4(e): 5).
+        prompt_dropout: probability of the empty prompt, for classifier-free guidance at sampling.
+        weighted: × Wan's training weight (spec §4(e)).
+        sample_steps, sampler, sample_shift, guidance: the multi-step recipe recorded for inference
+            (spec §5: 50 steps with guidance).
+    """
+
+    teacher_forcing: bool = True
+    init_from: str | None = None
+    shift: float = 5.0
+    prompt_dropout: float = 0.1
+    weighted: bool = True
+    sample_steps: int = 20
+    sampler: str = "dpmpp-2m"
+    sample_shift: float = 5.0
+    guidance: float = 3.0
+
+
+class CausalDiffusionTraining:
+    """One update of the causal `generator` with `causal_diffusion_loss` on real clips."""
+
+    def __init__(self, config: CausalDiffusionConfig, generator: torch.nn.Module):
+        self.config = config
+        self.generator = generator
+        self.flow = FlowMatching(shift=config.shift)
+        self.updates = (Update(name="generator", network="generator", loss=self.loss),)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        if batch.x_0 is None:
+            raise ValueError("causal diffusion needs real clips (batch.x_0): set data.source=world")
+        rng = SampleRNG(batch.seeds, device=batch.x_0.device)
+        drop = rng.rand() < self.config.prompt_dropout                          # (B,)
+        context = torch.where(drop[:, None, None], batch.null_context, batch.context)
+        loss, logs = causal_diffusion_loss(self.generator, batch.x_0, context, flow=self.flow,
+                                           teacher_forcing=self.config.teacher_forcing,
+                                           weighted=self.config.weighted, rng=rng.generator())
+        return loss, {"loss": loss.detach(), "t": next(v for k, v in logs.items() if k.endswith("/t"))}

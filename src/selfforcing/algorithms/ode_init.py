@@ -14,6 +14,8 @@ The published code samples with shift 8 and 48 steps and keeps indices [0, 12, 2
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -21,8 +23,9 @@ from ..diffusion.flow import FlowMatching
 from ..diffusion.samplers import cfg
 from ..models.wan import WanDiT
 from ..nn.masks import frame_blocks
+from .base import Batch, SampleRNG, Update
 
-__all__ = ["keep_indices", "sample_ode_trajectory", "ode_regression_loss"]
+__all__ = ["keep_indices", "sample_ode_trajectory", "ode_regression_loss", "ODEInitConfig", "ODEInitTraining"]
 
 
 def keep_indices(num_steps: int, num_kept: int = 4) -> list[int]:
@@ -105,3 +108,41 @@ def ode_regression_loss(
     noisy = (t != 0)[:, :, None, None, None].expand_as(x_0)
     loss = F.mse_loss(x0_pred[noisy].float(), x_0[noisy].float())
     return loss, {"ode/loss": loss.detach(), "ode/t": t.float().mean()}
+
+
+@dataclass(frozen=True)
+class ODEInitConfig:
+    """ODE-regression initialisation of the causal generator.
+
+    Attributes:
+        init_from: the student's starting weights (normally the teacher, loaded into the causal config, as the
+            published student starts from the base model); None: random.
+        shift: the generator's flow shift (x_0 conversion only: σ = t / 1000).
+        denoising_steps, warp: the few-step list recorded in the exported checkpoint (inference recipe); the
+            stored trajectories should sit on it (see the module docstring).
+        context_noise: the cache-refill timestep recorded for inference.
+    """
+
+    init_from: str | None = None
+    shift: float = 5.0
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
+    warp: bool = True
+    context_noise: float = 0.0
+
+
+class ODEInitTraining:
+    """One update of the causal `generator` with `ode_regression_loss` on stored teacher trajectories."""
+
+    def __init__(self, config: ODEInitConfig, generator: torch.nn.Module):
+        self.config = config
+        self.generator = generator
+        self.flow = FlowMatching(shift=config.shift)
+        self.updates = (Update(name="generator", network="generator", loss=self.loss),)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        if batch.trajectory is None or batch.trajectory_timesteps is None:
+            raise ValueError("ODE init needs stored trajectories: set data.source=ode-pairs and data.ode_pairs")
+        rng = SampleRNG(batch.seeds).generator()
+        loss, logs = ode_regression_loss(self.generator, batch.trajectory, batch.trajectory_timesteps, batch.context,
+                                         flow=self.flow, rng=rng)
+        return loss, {"loss": loss.detach(), "t": logs["ode/t"]}

@@ -21,6 +21,7 @@ from ..config import get_preset
 from ..models.codec import LatentNorm, SpaceToDepthCodec, VideoCodec
 from ..models.wan import WanDiT
 from .pipeline import SamplingConfig, StreamingPipeline
+from .speed import SpeedOptions
 
 __all__ = [
     "PipelineSpec",
@@ -120,6 +121,8 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     overrides: dict | None = None,
     text_encoder=None,
+    compile: bool = False,
+    fp8: bool = False,
 ) -> tuple:
     """Load a streaming pipeline and its spec.
 
@@ -131,6 +134,10 @@ def load_pipeline(
         device, dtype: where and in which precision the generator runs.
         overrides: WanConfig fields changing the attention layout (e.g. local_attn_size, sink_size).
         text_encoder: an already built text encoder to reuse.
+        compile: torch.compile the generator's transformer blocks (`speed.compile_model`); the first chunks
+            are slow while they compile.
+        fp8: FP8 linear layers in the generator's blocks (`speed.apply_fp8`): fast FP8 matmuls on a CUDA GPU
+            with torchao and a bfloat16 model, weight-only FP8 emulation (not faster) elsewhere.
     """
     from ..io.checkpoints import load_transformer
 
@@ -153,6 +160,7 @@ def load_pipeline(
         text_encoder = make_text_encoder(spec.text_encoder, spec.text_max_length)
     if text_encoder.dim != generator.config.text_dim:
         raise ValueError(f"text encoder gives {text_encoder.dim}-wide embeddings, the model takes {generator.config.text_dim}")
+    SpeedOptions(compile=compile, fp8=fp8).apply(generator)          # the dtype was set by .to() above
     latent = (spec.height // codec.spatial_factor, spec.width // codec.spatial_factor)
     if not generator.config.causal:  # a teacher or a base model: all frames at once
         from .teacher import BidirectionalPipeline

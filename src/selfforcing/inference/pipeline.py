@@ -200,7 +200,9 @@ class StreamingPipeline:
         contexts = [context]
         if guided:
             if negative_embeds is None:
-                negative_embeds = self._embed([negative_prompt or " "] * batch, None)
+                if self.text_encoder is None:
+                    raise ValueError("guidance needs negative_embeds or a text encoder")
+                negative_embeds = self.text_encoder.encode([negative_prompt]).to(self.device)  # "" is allowed
             contexts.append(negative_embeds.to(self.device).expand(batch, -1, -1))
 
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -161,7 +161,7 @@ class BidirectionalPipeline:
             raise ValueError("seeds must be non-negative")
         guidance = self.sampling.guidance_scale
         if guidance != 1.0 and negative_embeds is None:
-            negative_embeds = self.text_encoder.encode([negative_prompt or " "])
+            negative_embeds = self.text_encoder.encode([negative_prompt])
         latents = sample_teacher(
             self.generator, prompt_embeds, negative_embeds, num_frames=num_frames, latent_size=self.latent_size,
             steps=self.sampling.num_inference_steps or 50, guidance=guidance, shift=self.sampling.shift,

@@ -24,6 +24,7 @@ from ..models.wan_vae import WanVAE, find_wan_vae
 from ..text.umt5 import UMT5TextEncoder, find_umt5
 from .loading import PipelineSpec
 from .pipeline import SamplingConfig, StreamingPipeline
+from .speed import SpeedOptions
 
 __all__ = ["load_wan_pipeline", "wan_pipeline_spec", "detect_wan_layout", "SELF_FORCING_SAMPLING"]
 
@@ -72,6 +73,8 @@ def load_wan_pipeline(
     overrides: dict | None = None,
     height: int = 480,
     width: int = 832,
+    compile: bool = False,
+    fp8: bool = False,
 ) -> tuple[StreamingPipeline, PipelineSpec]:
     """Build a streaming text-to-video pipeline from a Wan2.1 folder and a Self-Forcing checkpoint.
 
@@ -89,6 +92,7 @@ def load_wan_pipeline(
         overrides: WanConfig fields changing the attention layout, e.g. {"num_frame_per_block": 1} for the
             frame-wise checkpoint, {"local_attn_size": 12, "sink_size": 3} for a rolling window.
         height, width: pixel size; both must be multiples of 16 (VAE stride 8 times patch 2).
+        compile, fp8: speed options of the generator, as in `load_pipeline`.
     Returns:
         (pipeline, spec). `pipeline.stream(prompt, num_frames=F, seeds=s)` yields chunks whose `frames` are
         decoded as they finish; F latent frames give 4(F - 1) + 1 pixel frames.
@@ -130,5 +134,6 @@ def load_wan_pipeline(
     latent = (height // codec.spatial_factor, width // codec.spatial_factor)
     log.info("Wan2.1 pipeline (%s layout): generator %s on %s, UMT5 on %s, VAE on %s, %dx%d",
              layout, generator.dtype, device, text_encoder.device, codec.device, height, width)
+    SpeedOptions(compile=compile, fp8=fp8).apply(generator)
     pipe = StreamingPipeline(generator, latent, text_encoder=text_encoder, codec=codec, sampling=spec.sampling)
     return pipe, spec

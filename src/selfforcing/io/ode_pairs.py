@@ -38,6 +38,11 @@ class ODEPairWriter:
         if prompts_file.exists():
             self._prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
 
+    @property
+    def num_written(self) -> int:
+        """Trajectories already in shards on disk (buffered ones excluded)."""
+        return len(self._prompts) - len(self._states)
+
     def add(self, states: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> None:
         """states: (B, S + 1, F, C, H, W); prompts: B strings."""
         if self._timesteps is None:
@@ -95,9 +100,11 @@ class ODEPairDataset(torch.utils.data.Dataset):
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.shards):
             with safe_open(str(path), framework="pt") as f:
-                n = f.get_slice("states").get_shape()[0]
+                shape = f.get_slice("states").get_shape()
+                n = shape[0]
                 if s == 0:
                     self.timesteps = f.get_tensor("timesteps")
+                    self.shape = tuple(shape[1:])                 # (S + 1, F, C, H, W) of one sample
             self.index.extend((s, i) for i in range(n))
 
     def __len__(self) -> int:

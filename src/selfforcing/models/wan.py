@@ -103,22 +103,32 @@ class SelfAttention(_Projections):
         v = self.v(x).unflatten(-1, (self.num_heads, -1))                  # (B, N, h, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
-            k, v = kv_cache.write(self.layer, k, v)                        # (B, N_cache, h, d)
+            k, v = self.cached_kv(kv_cache, k, v)                          # (B, N_cache, h, d)
         return self.o(attention(q, k, v, mask))
+
+    def cached_kv(self, kv_cache: KVCache, k, v):
+        """Write this chunk's keys and values into the cache, return all visible ones. Kept apart from the
+        math so `compile_model` can leave it eager: the cache positions change every chunk."""
+        return kv_cache.write(self.layer, k, v)
 
 
 class CrossAttention(_Projections):
     def forward(self, x, context, cache: CrossAttnCache | None = None):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
-        if cache is not None and cache.k[self.layer] is not None:
-            k, v = cache.k[self.layer], cache.v[self.layer]
-        else:
-            k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))  # (B, L, h, d)
-            v = self.v(context).unflatten(-1, (self.num_heads, -1))               # (B, L, h, d)
-            if cache is not None:
-                cache.k[self.layer], cache.v[self.layer] = k, v
+        k, v = self.text_kv(context, cache)                                # (B, L, h, d)
         # no key mask: all text_len tokens are attended, zero padding included, as in Wan
         return self.o(attention(q, k, v))
+
+    def text_kv(self, context, cache: CrossAttnCache | None):
+        """The text keys and values (B, L, h, d): projected from `context` (B, L, D), or read from the cache
+        once filled. Kept apart so `compile_model` can leave it eager (the cache is filled on the first call)."""
+        if cache is not None and cache.k[self.layer] is not None:
+            return cache.k[self.layer], cache.v[self.layer]
+        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))      # (B, L, h, d)
+        v = self.v(context).unflatten(-1, (self.num_heads, -1))                   # (B, L, h, d)
+        if cache is not None:
+            cache.k[self.layer], cache.v[self.layer] = k, v
+        return k, v
 
 
 class WanBlock(nn.Module):

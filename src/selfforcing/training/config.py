@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from ..algorithms.causal_diffusion import CausalDiffusionConfig
+from ..algorithms.distillation import DistillConfig
+from ..algorithms.ode_init import ODEInitConfig
 from ..algorithms.teacher import TeacherConfig
 from ..config import WanConfig, get_preset
 from .overrides import apply_overrides, config_from_dict, config_to_dict
@@ -34,7 +37,11 @@ class DataConfig:
     """Training clips of the synthetic world (`selfforcing.world.WorldDataset`) and their captions.
 
     Attributes:
-        length: distinct training items (scenes) of one epoch.
+        source: "world" (rendered clips and their captions), "prompts" (captions only: prompt-only algorithms
+            such as Self-Forcing DMD / SiD need no videos) or "ode-pairs" (stored teacher trajectories and their
+            prompts, from `selfforcing ode-pairs`, for the ODE init).
+        ode_pairs: the folder of ODE pairs (source "ode-pairs").
+        length: distinct training items (scenes) of one epoch (ignored for "ode-pairs": the stored set).
         seed: the world's scene stream (not the run seed).
         num_frames: F, frames per clip (one latent frame per frame with the space-to-depth codec).
         size: H = W in pixels.
@@ -50,6 +57,8 @@ class DataConfig:
         num_workers: DataLoader worker processes rendering clips (0: render in the training process).
     """
 
+    source: Literal["world", "prompts", "ode-pairs"] = "world"
+    ode_pairs: str | None = None
     length: int = 100_000
     seed: int = 0
     num_frames: int = 21
@@ -72,6 +81,8 @@ class DataConfig:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
         if self.max_start_frame < 0 or self.num_workers < 0:
             raise ValueError("max_start_frame and num_workers must be non-negative")
+        if self.source == "ode-pairs" and not self.ode_pairs:
+            raise ValueError("data.source=ode-pairs needs data.ode_pairs (a folder from `selfforcing ode-pairs`)")
 
 
 @dataclass(frozen=True)
@@ -216,13 +227,15 @@ class TrainConfig:
 
     Attributes:
         name: the run's name (logs, checkpoint metadata).
-        algorithm: key of the trainer's algorithm table ("teacher").
+        algorithm: key of the trainer's algorithm table: "teacher", "ode-init", "causal-diffusion" (TF / DF),
+            "distill" (Self-Forcing DMD / SiD / GAN, CausVid, TF + DMD).
         seed: seeds the weights, the data order and every per-sample random draw.
         device: "cpu", "cuda" (each rank takes cuda:LOCAL_RANK) or "auto".
         threads: torch CPU threads per process; 0 keeps torch's default.
         out_dir: where checkpoints, exported weights and TensorBoard logs go.
         model: the trained network's shape.
-        data, teacher, optim, schedule, ema, precision, logging, checkpoint, parallel: see each class.
+        data, optim, schedule, ema, precision, logging, checkpoint, parallel: see each class.
+        teacher, ode_init, causal, distill: the settings of each algorithm (only the run's own is used).
     """
 
     name: str = "teacher-world"
@@ -234,6 +247,9 @@ class TrainConfig:
     model: WanConfig = field(default_factory=lambda: get_preset("world"))
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    ode_init: ODEInitConfig = field(default_factory=ODEInitConfig)
+    causal: CausalDiffusionConfig = field(default_factory=CausalDiffusionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -344,6 +360,122 @@ def teacher_tiny() -> TrainConfig:
         logging=LoggingConfig(every=1, tensorboard=False, sample_every=0, progress=False),
         checkpoint=CheckpointConfig(every=2, keep=2),
     )
+
+
+# The world's pipeline, one preset per stage; each reads the previous stage's output at its default folder:
+#   teacher-world -> runs/teacher-world/model_ema.safetensors
+#   selfforcing ode-pairs runs/teacher-world/model_ema.safetensors -o runs/ode-pairs-world
+#   ode-init-world -> runs/ode-init-world/generator_ema.safetensors
+#   sf-dmd-world (and sf-sid-world, sf-gan-world, ...) -> runs/sf-dmd-world/generator_ema.safetensors
+WORLD_TEACHER = "runs/teacher-world/model_ema.safetensors"
+WORLD_ODE_PAIRS = "runs/ode-pairs-world"
+WORLD_ODE_INIT = "runs/ode-init-world/generator_ema.safetensors"
+WORLD_ODE_INIT_FRAMEWISE = "runs/ode-init-world-framewise/generator_ema.safetensors"
+
+
+def _world_stage(name: str, model: str, **changes) -> TrainConfig:
+    """A stage after the teacher: the causal world generator, fp32, frequent logs."""
+    base = TrainConfig(
+        name=name, out_dir=f"runs/{name}", model=get_preset(model),
+        schedule=ScheduleConfig(steps=400, batch_size=4, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=20, decay="constant"),
+        ema=EMAConfig(decay=0.99, start_step=50),
+        logging=LoggingConfig(every=10, sample_every=100),
+        checkpoint=CheckpointConfig(every=100, keep=2),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@_preset("ode-init-world")
+def ode_init_world() -> TrainConfig:
+    """ODE-regression init of the chunk-wise world generator (3 frames a block) from stored teacher
+    trajectories (`selfforcing ode-pairs`), starting from the teacher's weights."""
+    return _world_stage(
+        "ode-init-world", "world-causal", algorithm="ode-init",
+        data=DataConfig(source="ode-pairs", ode_pairs=WORLD_ODE_PAIRS),
+        ode_init=ODEInitConfig(init_from=WORLD_TEACHER),
+    )
+
+
+@_preset("ode-init-world-framewise")
+def ode_init_world_framewise() -> TrainConfig:
+    """`ode-init-world` for the frame-wise generator (1 frame a block)."""
+    return dataclasses.replace(ode_init_world(), name="ode-init-world-framewise",
+                               out_dir="runs/ode-init-world-framewise", model=get_preset("world-causal-framewise"))
+
+
+def _distill_world(name: str, model: str = "world-causal", init: str = WORLD_ODE_INIT, source: str = "prompts",
+                   **distill) -> TrainConfig:
+    """Self-Forcing and its DMD-family baselines on the world: critic every step, generator every 5th,
+    AdamW β = (0, 0.999) as published; learning rates scaled up for a 4-layer model."""
+    d = DistillConfig(teacher=WORLD_TEACHER, generator_init=init, generator_lr=2e-5, critic_lr=2e-5, **distill)
+    return _world_stage(
+        name, model, algorithm="distill", distill=d, data=DataConfig(source=source),
+        schedule=ScheduleConfig(steps=600, batch_size=4, grad_clip=1.0),
+        optim=OptimConfig(lr=2e-5, betas=(0.0, 0.999), weight_decay=0.01, warmup_steps=0, decay="constant"),
+        ema=EMAConfig(decay=0.99, start_step=100),
+        logging=LoggingConfig(every=10, sample_every=100),
+    )
+
+
+@_preset("sf-dmd-world")
+def sf_dmd_world() -> TrainConfig:
+    """Self-Forcing + DMD, chunk-wise: the shipped default generator. Prompts only, no videos."""
+    return _distill_world("sf-dmd-world", loss="dmd")
+
+
+@_preset("sf-sid-world")
+def sf_sid_world() -> TrainConfig:
+    """Self-Forcing + SiD (α = 1), chunk-wise."""
+    return _distill_world("sf-sid-world", loss="sid")
+
+
+@_preset("sf-gan-world")
+def sf_gan_world() -> TrainConfig:
+    """Self-Forcing + GAN, chunk-wise: a discriminator on the critic's backbone against real world clips."""
+    return _distill_world("sf-gan-world", loss="gan", source="world", gan_relativistic=True)
+
+
+@_preset("sf-dmd-world-framewise")
+def sf_dmd_world_framewise() -> TrainConfig:
+    """Self-Forcing + DMD, frame-wise (1 frame a block), from the frame-wise ODE init."""
+    return _distill_world("sf-dmd-world-framewise", "world-causal-framewise", WORLD_ODE_INIT_FRAMEWISE, loss="dmd")
+
+
+@_preset("sf-dmd-world-long")
+def sf_dmd_world_long() -> TrainConfig:
+    """The long-video recipe: training under a restricted attention window (12 frames incl. 3 sink frames),
+    so the rolling cache keeps working once the first chunk is evicted, with 2x longer self-rollouts whose
+    last 21 frames carry the gradient (as Self-Forcing++)."""
+    config = _distill_world("sf-dmd-world-long", loss="dmd", rollout_frames=42)
+    return dataclasses.replace(config, model=config.model.replace(local_attn_size=12, sink_size=3))
+
+
+@_preset("causvid-world")
+def causvid_world() -> TrainConfig:
+    """CausVid = DMD on diffusion-forcing inputs: real clips noised per block, one parallel forward."""
+    return _distill_world("causvid-world", loss="dmd", inputs="diffusion-forcing", source="world")
+
+
+@_preset("tf-dmd-world")
+def tf_dmd_world() -> TrainConfig:
+    """DMD on teacher-forcing inputs: real clips noised per block with the clean previous blocks as context."""
+    return _distill_world("tf-dmd-world", loss="dmd", inputs="teacher-forcing", source="world")
+
+
+@_preset("tf-world")
+def tf_world() -> TrainConfig:
+    """Causal diffusion with Teacher Forcing (clean ground-truth context), from the teacher's weights;
+    sampled with many steps and guidance."""
+    return _world_stage("tf-world", "world-causal", algorithm="causal-diffusion",
+                        causal=CausalDiffusionConfig(teacher_forcing=True, init_from=WORLD_TEACHER))
+
+
+@_preset("df-world")
+def df_world() -> TrainConfig:
+    """Causal diffusion with Diffusion Forcing (independent noise level per block), from the teacher's weights."""
+    return _world_stage("df-world", "world-causal", algorithm="causal-diffusion",
+                        causal=CausalDiffusionConfig(teacher_forcing=False, init_from=WORLD_TEACHER))
 
 
 # ------------------------------------------------------------------------------------------------ loading

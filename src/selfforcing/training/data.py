@@ -98,8 +98,9 @@ def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int
 class MicroBatches(Dataset):
     """Item k is micro-batch k of this rank: step k // A, micro-step k % A.
 
-    Returns a dict: "video" (b, F, 3, H, W) in [-1, 1], "captions" (b strings), "seeds" (b,) int64,
-    "indices" (b,) int64 dataset indices.
+    Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices, and by
+    `data.source`: "video" (b, F, 3, H, W) in [-1, 1] (world), or "trajectory" (b, S + 1, F, C, h, w) and
+    "trajectory_timesteps" (S + 1,) (ode-pairs; the states are already normalised latents).
     """
 
     def __init__(self, config: TrainConfig, world_size: int = 1, rank: int = 0):
@@ -111,6 +112,17 @@ class MicroBatches(Dataset):
             length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size, max_objects=d.max_objects,
             max_start_frame=d.max_start_frame,
         ))
+        self.pairs = None
+        self.length = d.length
+        if d.source == "ode-pairs":
+            from ..io.ode_pairs import ODEPairDataset
+
+            self.pairs = ODEPairDataset(d.ode_pairs)
+            self.length = len(self.pairs)
+            frames = int(self.pairs.shape[1])
+            if frames != d.num_frames:
+                raise ValueError(f"the ODE pairs in {d.ode_pairs} have {frames} frames but data.num_frames is "
+                                 f"{d.num_frames}")
         self.config, self.world_size, self.rank = config, world_size, rank
 
     def __len__(self) -> int:
@@ -119,23 +131,36 @@ class MicroBatches(Dataset):
     def __getitem__(self, k: int) -> dict:
         s, d = self.config.schedule, self.config.data
         step, micro = divmod(k, s.grad_accum)
-        videos, captions, seeds, indices = [], [], [], []
+        videos, trajectories, captions, seeds, indices = [], [], [], [], []
         for p in micro_positions(s.batch_size, s.grad_accum, self.world_size, self.rank, micro):
             g = step * s.batch_size + p
-            index = sample_index(g, d.length, self.config.seed)
-            video, short, detailed, _ = self.world[index]
+            index = sample_index(g, self.length, self.config.seed)
             seed = sample_seed(g, self.config.seed)
-            detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
-            videos.append(video)
-            captions.append(detailed if detailed_first else short)
+            if d.source == "ode-pairs":
+                states, timesteps, prompt = self.pairs[index]
+                trajectories.append(states)
+                captions.append(prompt)
+            else:
+                if d.source == "world":
+                    video, short, detailed, _ = self.world[index]
+                    videos.append(video)
+                else:
+                    short, detailed = self.world.captions(index)
+                detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
+                captions.append(detailed if detailed_first else short)
             seeds.append(seed)
             indices.append(index)
-        return {
-            "video": torch.stack(videos),                                   # (b, F, 3, H, W)
+        item = {
             "captions": captions,
             "seeds": torch.tensor(seeds, dtype=torch.int64),                # (b,)
             "indices": torch.tensor(indices, dtype=torch.int64),            # (b,)
         }
+        if videos:
+            item["video"] = torch.stack(videos)                             # (b, F, 3, H, W)
+        if trajectories:
+            item["trajectory"] = torch.stack(trajectories)                  # (b, S + 1, F, C, h, w)
+            item["trajectory_timesteps"] = timesteps                        # (S + 1,)
+        return item
 
 
 def make_loader(config: TrainConfig, start_step: int, world_size: int = 1, rank: int = 0) -> DataLoader:
@@ -159,12 +184,17 @@ class LatentEncoder:
     device: torch.device
 
     def __call__(self, raw: dict) -> Batch:
-        video = raw["video"].to(self.device)                                # (b, F, 3, H, W)
-        x_0 = self.norm.normalize(self.codec.encode(video))                 # (b, F, C, h, w)
+        x_0 = trajectory = timesteps = None
+        if "video" in raw:
+            video = raw["video"].to(self.device)                            # (b, F, 3, H, W)
+            x_0 = self.norm.normalize(self.codec.encode(video))             # (b, F, C, h, w)
+        if "trajectory" in raw:
+            trajectory = raw["trajectory"].to(self.device)                  # (b, S + 1, F, C, h, w)
+            timesteps = raw["trajectory_timesteps"].to(self.device)
         context = self.text_encoder.encode(raw["captions"]).to(self.device) # (b, L, text_dim)
         null = self.text_encoder.encode([""]).to(self.device).expand_as(context)
-        return Batch(context=context, null_context=null, seeds=raw["seeds"], x_0=x_0,
-                     prompts=list(raw["captions"]))
+        return Batch(context=context, null_context=null, seeds=raw["seeds"], x_0=x_0, trajectory=trajectory,
+                     trajectory_timesteps=timesteps, prompts=list(raw["captions"]))
 
 
 def to_batch(config: TrainConfig, text_encoder: TextEncoder, device: torch.device | str) -> LatentEncoder:

@@ -18,6 +18,7 @@ uninterrupted one bit for bit (fp32, same machine and thread count).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,12 +33,17 @@ import torch
 import torch.nn as nn
 
 from ..algorithms.base import Algorithm, Batch, Update
+from ..algorithms.causal_diffusion import CausalDiffusionTraining
+from ..algorithms.distillation import DistillTraining
+from ..algorithms.ode_init import ODEInitTraining
 from ..algorithms.teacher import TeacherTraining
+from ..config import WanConfig
 from ..inference.loading import PipelineSpec
-from ..inference.pipeline import SamplingConfig
+from ..inference.pipeline import SamplingConfig, StreamingPipeline
 from ..inference.teacher import decode_to_uint8, sample_teacher
 from ..io.checkpoints import load_transformer
 from ..models.codec import SpaceToDepthCodec
+from ..models.discriminator import Discriminator
 from ..models.wan import WanDiT
 from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
@@ -64,6 +70,8 @@ class AlgorithmEntry:
         ema: names of the networks that keep an EMA when `config.ema.enabled`.
         preview: (config, network, context, null_context, seed) -> (B, F, C, H, W) latents, or None.
         preview_network: the network previews sample from.
+        export: the trained networks written as stand-alone weights (with their EMA) at each checkpoint;
+            None: all trained networks.
     """
 
     networks: Callable[[TrainConfig], dict[str, nn.Module]]
@@ -72,16 +80,54 @@ class AlgorithmEntry:
     ema: tuple[str, ...] = ()
     preview: Callable[[TrainConfig, nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
     preview_network: str | None = None
+    export: tuple[str, ...] | None = None
+
+
+def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
+    """`config`'s network with the weights at `path` (any layout), or freshly initialised."""
+    if path:
+        return load_transformer(path, config=config, dtype=torch.float32)
+    return WanDiT(config)
+
+
+def _require_causal(config: TrainConfig) -> WanConfig:
+    if not config.model.causal:
+        raise ValueError(f"{config.algorithm} trains a causal generator: set model.causal=true "
+                         "(e.g. the world-causal model preset)")
+    return config.model
 
 
 def _teacher_networks(config: TrainConfig) -> dict[str, nn.Module]:
     if config.model.causal:
         raise ValueError("the teacher is bidirectional: set model.causal=false")
-    if config.teacher.init_from:
-        model = load_transformer(config.teacher.init_from, config=config.model, dtype=torch.float32)
-    else:
-        model = WanDiT(config.model)
-    return {"model": model}
+    return {"model": _load_or_new(config.teacher.init_from, config.model)}
+
+
+def _ode_init_networks(config: TrainConfig) -> dict[str, nn.Module]:
+    return {"generator": _load_or_new(config.ode_init.init_from, _require_causal(config))}
+
+
+def _causal_networks(config: TrainConfig) -> dict[str, nn.Module]:
+    return {"generator": _load_or_new(config.causal.init_from, _require_causal(config))}
+
+
+def _distill_networks(config: TrainConfig) -> dict[str, nn.Module]:
+    d = config.distill
+    nets = {"generator": _load_or_new(d.generator_init or d.teacher, _require_causal(config))}
+    critic_from = d.critic_init or d.teacher
+    if critic_from is None:
+        raise ValueError("distillation needs distill.teacher (or distill.critic_init): the critic starts from it")
+    critic = load_transformer(critic_from, causal=False, dtype=torch.float32)
+    nets["critic"] = Discriminator(critic, num_registers=d.num_registers) if d.loss == "gan" else critic
+    if d.needs_teacher:
+        nets["real"] = load_transformer(d.teacher, causal=False, dtype=torch.float32)
+    return nets
+
+
+def _build_distill(config: TrainConfig, nets: dict[str, nn.Module]) -> DistillTraining:
+    channels = 3 * config.data.codec_patch**2
+    return DistillTraining(config.distill, nets["generator"], nets["critic"], nets.get("real"),
+                           num_frames=config.data.num_frames, latent_shape=(channels, *config.latent_size))
 
 
 def _teacher_preview(config: TrainConfig, model: nn.Module, context, null_context, seed: int) -> torch.Tensor:
@@ -92,6 +138,31 @@ def _teacher_preview(config: TrainConfig, model: nn.Module, context, null_contex
     )
 
 
+def _causal_preview(config: TrainConfig, generator: nn.Module, context, null_context, seed: int) -> torch.Tensor:
+    """Stream the clip with the generator's own inference recipe (few-step or multi-step)."""
+    was_training = generator.training
+    pipe = StreamingPipeline(generator, config.latent_size, sampling=_sampling(config))
+    video = pipe(prompt_embeds=context, negative_embeds=null_context[:1], num_frames=config.data.num_frames,
+                 seeds=seed)
+    generator.train(was_training)
+    return video.latents
+
+
+def _sampling(config: TrainConfig) -> SamplingConfig:
+    """How the run's exported network is sampled (recorded in its checkpoint)."""
+    if config.algorithm == "teacher":
+        t = config.teacher
+        return SamplingConfig(num_inference_steps=t.sample_steps, sampler=t.sampler, shift=t.sample_shift,
+                              guidance_scale=t.guidance)
+    if config.algorithm == "causal-diffusion":
+        c = config.causal
+        return SamplingConfig(num_inference_steps=c.sample_steps, sampler=c.sampler, shift=c.sample_shift,
+                              guidance_scale=c.guidance)
+    few = config.ode_init if config.algorithm == "ode-init" else config.distill
+    return SamplingConfig(denoising_steps=tuple(few.denoising_steps), warp=few.warp, shift=few.shift,
+                          context_noise=few.context_noise)
+
+
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "teacher": AlgorithmEntry(
         networks=_teacher_networks,
@@ -100,6 +171,31 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
         ema=("model",),
         preview=_teacher_preview,
         preview_network="model",
+    ),
+    "ode-init": AlgorithmEntry(
+        networks=_ode_init_networks,
+        trained=("generator",),
+        build=lambda config, nets: ODEInitTraining(config.ode_init, nets["generator"]),
+        ema=("generator",),
+        preview=_causal_preview,
+        preview_network="generator",
+    ),
+    "causal-diffusion": AlgorithmEntry(
+        networks=_causal_networks,
+        trained=("generator",),
+        build=lambda config, nets: CausalDiffusionTraining(config.causal, nets["generator"]),
+        ema=("generator",),
+        preview=_causal_preview,
+        preview_network="generator",
+    ),
+    "distill": AlgorithmEntry(
+        networks=_distill_networks,
+        trained=("generator", "critic"),
+        build=_build_distill,
+        ema=("generator",),
+        preview=_causal_preview,
+        preview_network="generator",
+        export=("generator",),
     ),
 }
 
@@ -121,14 +217,12 @@ def lr_at(optim: OptimConfig, step: int, total_steps: int) -> float:
 
 
 def _pipeline_spec(config: TrainConfig) -> PipelineSpec:
-    t, d = config.teacher, config.data
+    d = config.data
     norm = latent_norm(d)
     return PipelineSpec(
         height=d.size, width=d.size, codec=f"space-to-depth-{d.codec_patch}", latent_mean=norm.mean,
         latent_std=norm.std, text_encoder=d.text_encoder,
-        text_max_length=d.text_max_length, train_frames=d.num_frames,
-        sampling=SamplingConfig(num_inference_steps=t.sample_steps, sampler=t.sampler, shift=t.sample_shift,
-                                guidance_scale=t.guidance),
+        text_max_length=d.text_max_length, train_frames=d.num_frames, sampling=_sampling(config),
     )
 
 
@@ -180,8 +274,8 @@ class Trainer:
                 raise ValueError(f"update {u.name!r} trains {u.network!r}, which is not a trained network")
         o = config.optim
         self.optimizers = {
-            u.name: torch.optim.AdamW(self.networks[u.network].parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                      weight_decay=o.weight_decay)
+            u.name: torch.optim.AdamW(self.networks[u.network].parameters(), lr=self._peak_lr(u), betas=o.betas,
+                                      eps=o.eps, weight_decay=o.weight_decay)
             for u in self.updates
         }
         self.emas = {
@@ -193,6 +287,9 @@ class Trainer:
             if path is None:
                 raise ValueError(f"--resume: no checkpoint in {self.ckpt_dir}")
             self.load(path)
+
+    def _peak_lr(self, update: Update) -> float:
+        return update.lr if update.lr is not None else self.config.optim.lr
 
     # ------------------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -238,7 +335,7 @@ class Trainer:
             path = ckpt.save_state(ckpt.checkpoint_path(self.ckpt_dir, self.step), state)
             ckpt.prune_checkpoints(self.ckpt_dir, self.config.checkpoint.keep)
             spec, norm = _pipeline_spec(self.config), latent_norm(self.config.data).to_dict()
-            for k in self.entry.trained:
+            for k in self.entry.export or self.entry.trained:
                 exports = {f"{k}.safetensors": state["networks"][k]}
                 if k in state["ema"]:
                     exports[f"{k}_ema.safetensors"] = state["ema"][k]
@@ -278,7 +375,8 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             else:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            lr = lr_at(self.config.optim, self.step, self.config.schedule.steps)
+            lr = lr_at(dataclasses.replace(self.config.optim, lr=self._peak_lr(u)), self.step,
+                       self.config.schedule.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()

@@ -62,14 +62,24 @@ class WorldDataset(Dataset):
         """The scene of item `index` (cheap: nothing is rendered)."""
         return train_scene(self.config.seed, index, self.config.max_objects)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str, Scene]:
+    def _draws(self, index: int) -> tuple[int, int | None]:
+        """(start frame, caption variant) of item `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
         c = self.config
-        scene = self.scene(index)
         rng = np.random.default_rng([c.seed, index, 1])
         start = int(rng.integers(c.max_start_frame + 1))
-        variant = int(rng.integers(2**62)) if c.vary_captions else None
+        return start, int(rng.integers(2**62)) if c.vary_captions else None
+
+    def captions(self, index: int) -> tuple[str, str]:
+        """(short, detailed) captions of item `index`, the same as `self[index]`'s, without rendering."""
+        scene, (_, variant) = self.scene(index), self._draws(index)
+        return short_caption(scene, variant), detailed_caption(scene, variant)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str, Scene]:
+        c = self.config
+        start, variant = self._draws(index)
+        scene = self.scene(index)
         video = render_tensor(scene, start, c.num_frames, size=c.size, fps=c.fps)   # (F, 3, H, W)
         return video, short_caption(scene, variant), detailed_caption(scene, variant), scene
 
