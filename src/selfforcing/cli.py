@@ -75,6 +75,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke test")
     p.add_argument("--skip", nargs="*", default=[], choices=["stream", "kv", "rolling", "peak"],
                    help="sections to skip")
+    p.add_argument("--training", action="store_true",
+                   help="instead: time one Self-Forcing training iteration against teacher / diffusion forcing "
+                        "steps at equal batch, with the activation memory each keeps for the backward")
+    p.add_argument("--batch-size", type=int, default=4, help="batch of the --training steps (default: 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +198,17 @@ def cmd_info(args) -> None:
 def cmd_bench(args) -> None:
     from .bench import BenchConfig, format_report, run_bench
 
+    if args.training:
+        from .training.step_bench import StepBenchConfig, bench_training_steps, format_step_bench
+
+        if args.batch_size < 1 or args.frames < 1:
+            raise ValueError("--batch-size and --frames must be positive")
+        report = bench_training_steps(StepBenchConfig(
+            preset=args.preset, batch_size=args.batch_size, frames=args.frames, height=args.height, width=args.width,
+            reps=1 if args.quick else 2, device=args.device,
+        ))
+        print(json.dumps(report, indent=2) if args.json else format_step_bench(report))
+        return
     report = run_bench(BenchConfig(
         preset=args.preset, height=args.height, width=args.width, frames=args.frames, device=args.device,
         dtype=args.dtype, window=args.window, quick=args.quick, skip=tuple(args.skip),
