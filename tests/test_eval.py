@@ -1,7 +1,6 @@
 """Tests of the oracle evaluator: real renders score near the top, and each corruption loses on its score."""
 
 import argparse
-import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -15,46 +14,11 @@ from selfforcing.eval import (
     frechet_distance, measure, reference_features, video_features,
 )
 from selfforcing.eval import cli as eval_cli
+from selfforcing.eval.calibration import add_noise, blur, flicker, recolour, reverse
 from selfforcing.world import vocab
 from selfforcing.world.scene import Scene, place_object
 
 FRAMES = 21                       # the training length of the world model, in frames
-OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up", "up_right": "down_left",
-            "down_left": "up_right", "up_left": "down_right", "down_right": "up_left"}
-
-
-# --- corruptions ------------------------------------------------------------------------------------------
-def blur(video: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Gaussian blur of every frame (wrapping at the edges)."""
-    r = int(3 * sigma)
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    x = video.astype(np.float32)
-    x = sum(w * np.roll(x, i - r, axis=1) for i, w in enumerate(k))
-    x = sum(w * np.roll(x, i - r, axis=2) for i, w in enumerate(k))
-    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
-
-
-def flicker(video: np.ndarray, levels: float = 16) -> np.ndarray:
-    """Every other frame brighter by `levels`."""
-    offset = (np.arange(len(video)) % 2 * levels)[:, None, None, None]
-    return np.clip(video.astype(np.float32) + offset, 0, 255).astype(np.uint8)
-
-
-def recolour(scene: Scene) -> Scene:
-    """The first object painted in a colour no object of the scene has."""
-    new = next(c for c in vocab.COLOURS if c not in {o.colour for o in scene.objects})
-    return dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], colour=new),) + scene.objects[1:])
-
-
-def reverse(scene: Scene) -> Scene:
-    """Every linear mover heading the opposite way."""
-    objects = tuple(dataclasses.replace(o, motion=OPPOSITE.get(o.motion, o.motion)) for o in scene.objects)
-    return dataclasses.replace(scene, objects=objects)
-
-
-def add_noise(video: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    return np.clip(video + rng.normal(0, sigma, video.shape), 0, 255).astype(np.uint8)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -296,3 +260,13 @@ def test_main_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["eval", "--videos", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfforcing: error:") and "does not exist" in err and "\n" not in err
+
+
+def test_calibration_table_orders_real_above_every_corruption(capsys):
+    args = parse("--calibrate", "--n", "4", "--json")
+    table = args.func(args)
+    assert json.loads(capsys.readouterr().out) == table
+    assert table["real"]["total"] >= 95 and table["noise"]["total"] < 10
+    for name, scores in table.items():
+        if name != "real":
+            assert scores["total"] < table["real"]["total"] - 5, name

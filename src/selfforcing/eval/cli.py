@@ -5,6 +5,7 @@ The main CLI hands its subparsers to `add_parser` and calls `run` with the parse
     selfforcing eval --videos DIR [--json]             # NNNNN.mp4 + prompts.jsonl, e.g. from `world render`
     selfforcing eval --checkpoint gen.safetensors --n 16 --frames 21 [--seed 0] [--json]
     selfforcing eval --checkpoint gen.safetensors --frames 240 --window 16    # a long-rollout drift curve
+    selfforcing eval --calibrate [--n 32]              # real renders against corrupted copies
 
 With --checkpoint the generator rolls out the first N held-out prompts (short captions, extended by the
 world's prompt extender when the checkpoint asks for it) and each video is scored against the prompt it
@@ -32,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", metavar="DIR", help="folder of videos with prompts.jsonl")
     source.add_argument("--checkpoint", metavar="PATH", help="generate the held-out set with this generator")
+    source.add_argument("--calibrate", action="store_true",
+                        help="score real held-out renders and corrupted copies (noise, frozen, shuffled, wrong "
+                             "colour, wrong direction, blur, flicker): how far each kind of damage moves the scores")
     p.add_argument("--json", action="store_true", help="print machine-readable scores")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per generated video (--checkpoint; default: the training length)")
@@ -88,6 +92,13 @@ def run(args: argparse.Namespace) -> Report:
         raise ValueError(f"--reference must be 0 or at least 2, got {args.reference}")
     if args.seed < 0:
         raise ValueError(f"--seed must be non-negative, got {args.seed}")
+    if args.calibrate:
+        from selfforcing.eval.calibration import calibration_table, format_calibration
+
+        frames = args.frames or 21
+        table = calibration_table(args.n or 32, frames=frames, seed=args.seed)
+        print(json.dumps(table, indent=2) if args.json else format_calibration(table))
+        return table
     if args.videos is not None:
         report = evaluate_folder(args.videos, limit=args.n, window=args.window, reference=args.reference)
     else:

@@ -131,7 +131,9 @@ def load_pipeline(
             `StreamingPipeline`, a bidirectional model (a teacher) a `BidirectionalPipeline`; None = the packaged
             default, or, if no default is shipped, a randomly initialised `world-causal` model (with a warning).
         spec: overrides the spec stored in the checkpoint.
-        device, dtype: where and in which precision the generator runs.
+        device, dtype: where and in which precision the generator runs; dtype None keeps the stored precision,
+            except that half-precision weights run in float32 on the CPU (most CPUs have no fast bf16 / fp16
+            matmul; the shipped models are stored in fp16 to stay small).
         overrides: WanConfig fields changing the attention layout (e.g. local_attn_size, sink_size).
         text_encoder: an already built text encoder to reuse.
         compile: torch.compile the generator's transformer blocks (`speed.compile_model`); the first chunks
@@ -148,6 +150,8 @@ def load_pipeline(
         generator = WanDiT(get_preset("world-causal").replace(**(overrides or {})))
         spec = spec or PipelineSpec()
     else:
+        if dtype is None and torch.device(device).type == "cpu":
+            dtype = torch.float32
         generator = load_transformer(checkpoint, overrides=overrides, device=device, dtype=dtype)
         spec = spec or read_pipeline_spec(checkpoint) or PipelineSpec()
     generator = generator.to(device=device, dtype=dtype or generator.dtype)
