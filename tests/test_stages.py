@@ -187,9 +187,10 @@ def test_long_rollout_scores_the_last_window(teacher, tmp_path):
     assert torch.isfinite(logs["generator/loss"])
 
 
-def test_distillation_resume_is_bitwise_identical(teacher, tmp_path):
-    d = DistillConfig(teacher=str(teacher), generator_every=2)
-    cfg = stage(tmp_path / "a", "distill", teacher, distill=d, data={"source": "prompts"})
+@pytest.mark.parametrize("loss", ["dmd", "gan"])
+def test_distillation_resume_is_bitwise_identical(loss, teacher, tmp_path):
+    d = DistillConfig(teacher=str(teacher), generator_every=2, loss=loss)
+    cfg = stage(tmp_path / "a", "distill", teacher, distill=d, data={"source": "world" if loss == "gan" else "prompts"})
     cfg = dataclasses.replace(cfg, schedule=ScheduleConfig(steps=4, batch_size=2),
                               checkpoint=dataclasses.replace(cfg.checkpoint, every=2, keep=3))
     straight = Trainer(cfg)

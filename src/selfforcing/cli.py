@@ -92,10 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_bench(sub)
     from .eval import cli as eval_cli
+    from .experiments import cli as experiment_cli
     from .training import cli as train_cli
     from .world import cli as world_cli
 
     eval_cli.add_parser(sub)
+    experiment_cli.add_parser(sub)
     train_cli.add_parser(sub)
     _add_ode_pairs(sub)
     w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
@@ -268,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             from .eval import cli as eval_cli
 
             eval_cli.run(args)
+        elif args.command == "experiment":
+            from .experiments import cli as experiment_cli
+
+            experiment_cli.run(args)
         else:
             COMMANDS[args.command](args)
     except KeyboardInterrupt:

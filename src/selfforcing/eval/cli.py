@@ -51,9 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu") -> tuple[list, int]:
+def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu", *,
+                     overrides: dict | None = None, text_encoder=None) -> tuple[list, int]:
     """Roll the generator out on the first `n` held-out prompts.
 
+    Args:
+        overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
+        text_encoder: an already built text encoder to reuse (None: the one the checkpoint's spec names).
     Returns:
         [(name, uint8 video (F, H, W, 3), prompt given to the generator)], and the frame rate.
     """
@@ -62,7 +66,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     from selfforcing.inference.loading import load_pipeline
     from selfforcing.world import extend_prompt, heldout_prompts, to_uint8
 
-    pipe, spec = load_pipeline(checkpoint, device=device)
+    pipe, spec = load_pipeline(checkpoint, device=device, overrides=overrides, text_encoder=text_encoder)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     if frames % factor:

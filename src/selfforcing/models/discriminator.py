@@ -51,6 +51,9 @@ class Discriminator(nn.Module):
         super().__init__()
         cfg = backbone.config
         self.backbone = backbone
+        # the logit is read from hidden states: the backbone's output head is never used, so it is frozen
+        # (no gradient, no optimizer state)
+        backbone.head.requires_grad_(False)
         self.tap_layers = tap_layers or default_tap_layers(cfg.num_layers)
         self.registers = nn.Parameter(torch.randn(1, num_registers, cfg.dim) * 0.02)
         self.readouts = nn.ModuleList(RegisterReadout(cfg.dim, cfg.num_heads) for _ in self.tap_layers)

@@ -262,7 +262,8 @@ class Trainer:
         torch.manual_seed(config.seed)                       # identical initial weights on every rank
         self.networks = {k: m.to(self.ctx.device) for k, m in self.entry.networks(config).items()}
         for name, net in self.networks.items():
-            net.requires_grad_(name in self.entry.trained)
+            if name not in self.entry.trained:                 # frozen (a teacher); trained ones keep their
+                net.requires_grad_(False)                       # own choice (a discriminator's unused head)
         self.wrapped = {
             k: parallel.parallelize(m, self.ctx, config.parallel.strategy) if k in self.entry.trained else m
             for k, m in self.networks.items()
@@ -274,8 +275,8 @@ class Trainer:
                 raise ValueError(f"update {u.name!r} trains {u.network!r}, which is not a trained network")
         o = config.optim
         self.optimizers = {
-            u.name: torch.optim.AdamW(self.networks[u.network].parameters(), lr=self._peak_lr(u), betas=o.betas,
-                                      eps=o.eps, weight_decay=o.weight_decay)
+            u.name: torch.optim.AdamW([p for p in self.networks[u.network].parameters() if p.requires_grad],
+                                      lr=self._peak_lr(u), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
             for u in self.updates
         }
         self.emas = {

@@ -1,0 +1,125 @@
+"""`selfforcing experiment ablation`: train and score every method of the paper's comparison in the world.
+
+The main CLI hands its subparsers to `add_parser` (which adds `experiment` and its sub-commands) and calls `run`
+with the parsed arguments.
+
+    selfforcing experiment ablation -o runs/ablation --docs docs/ablation.md
+    selfforcing experiment ablation --steps distill=600 causal-diffusion=120 ode-init=400
+    selfforcing experiment ablation --methods sf-dmd causvid --variants chunk-wise
+    selfforcing experiment ablation --quick -o /tmp/ablation-quick      # tiny models, under a minute
+
+Every stage is skipped when its exported weights are complete and every score is cached next to them, so the
+same command resumes a killed run. See `experiments/ablation.py` for the plan and the budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+
+from .ablation import METHODS, STAGE_KINDS, VARIANTS, AblationConfig, quick_config, run_ablation
+
+__all__ = ["add_parser", "run", "parse_steps", "command_line"]
+
+# Options recorded in the reproducing command line, in order (dest names; flags are --dest-with-dashes).
+_OPTIONS = ("out", "teacher", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
+            "long_prompts", "long_budget", "window", "reference", "seed", "device", "docs", "quick")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `experiment` (with its sub-command `ablation`) on the main CLI's subparsers."""
+    p = subparsers.add_parser("experiment", help="train and evaluate a whole experiment (the paper's comparison)")
+    sub = p.add_subparsers(dest="experiment_command", required=True, metavar="EXPERIMENT")
+    a = sub.add_parser("ablation", help="every method of the paper's comparison, chunk-wise and frame-wise",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("-o", "--out", default="runs/ablation", help="output folder (default: runs/ablation)")
+    a.add_argument("--teacher", default=None,
+                   help="bidirectional teacher to distil (default: runs/teacher-world/model_ema.safetensors; "
+                        "trained into OUT/teacher if missing)")
+    a.add_argument("--ode-pairs", default=None,
+                   help="ODE pairs to reuse (default: runs/ode-pairs-world; sampled into OUT/ode-pairs if empty)")
+    a.add_argument("--ode-pairs-n", type=int, default=None, help="trajectories to sample when needed (default: 256)")
+    a.add_argument("--steps", nargs="+", default=[], metavar="KIND=N",
+                   help=f"optimizer steps per stage kind ({', '.join(STAGE_KINDS)}); default: each preset's")
+    a.add_argument("--methods", nargs="+", default=None, choices=[m.slug for m in METHODS], metavar="METHOD",
+                   help=f"methods to run (default: all: {', '.join(m.slug for m in METHODS)})")
+    a.add_argument("--variants", nargs="+", default=None, choices=[v.name for v in VARIANTS], metavar="VARIANT",
+                   help=f"variants to run (default: all: {', '.join(v.name for v in VARIANTS)})")
+    a.add_argument("--n", type=int, default=None, help="held-out prompts scored at the training length (default: 8)")
+    a.add_argument("--long-factor", type=int, default=None,
+                   help="long videos are this many times the training length (default: 10)")
+    a.add_argument("--long-prompts", type=int, default=None, help="prompts rolled out as long videos (default: 4)")
+    a.add_argument("--long-budget", type=float, default=None,
+                   help="seconds of long-video generation per method, estimated from its measured speed; prompts "
+                        "are dropped (all: skipped, with the reason recorded) to fit (default: 3600)")
+    a.add_argument("--window", type=int, default=None,
+                   help="frames per drift-curve window (default: the training length)")
+    a.add_argument("--reference", type=int, default=None,
+                   help="real videos for the Fréchet distance at the training length (0: skip; default: 64)")
+    a.add_argument("--seed", type=int, default=None, help="generation seed of the first prompt (default: 0)")
+    a.add_argument("--device", default=None, help="torch device of training and generation (default: cpu)")
+    a.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
+    a.add_argument("--quick", action="store_true",
+                   help="smoke test in under a minute: tiny models, 3 steps a stage, 2 prompts, 4x long videos")
+    a.set_defaults(func=run)
+    return p
+
+
+def parse_steps(items: list[str]) -> dict[str, int]:
+    """["distill=600", ...] -> {"distill": 600}; ValueError on a malformed item or unknown kind."""
+    steps = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        if not sep or kind not in STAGE_KINDS or not value.strip().isdigit():
+            raise ValueError(f"--steps {item!r}: expected KIND=N with KIND one of {', '.join(STAGE_KINDS)}")
+        steps[kind] = int(value)
+    return steps
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (options not given are left out)."""
+    parts = ["selfforcing", "experiment", "ablation"]
+    for dest in _OPTIONS:
+        value, flag = getattr(args, dest, None), "--" + dest.replace("_", "-")
+        if value is None or value is False or value == []:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def config_from_args(args: argparse.Namespace) -> AblationConfig:
+    """The ablation the options ask for: quick or full defaults, then what was given."""
+    if args.quick and (args.teacher or args.ode_pairs):
+        raise ValueError("--quick trains its own tiny teacher and ODE pairs: drop --teacher / --ode-pairs")
+    base = quick_config(args.out) if args.quick else AblationConfig(out=args.out)
+    given = {
+        "seed": args.seed, "device": args.device, "num_prompts": args.n, "long_factor": args.long_factor,
+        "long_prompts": args.long_prompts, "long_budget_s": args.long_budget, "window": args.window,
+        "reference": args.reference,
+    }
+    settings = dataclasses.replace(base.eval, **{k: v for k, v in given.items() if v is not None})
+    changes = {"teacher": args.teacher, "ode_pairs": args.ode_pairs, "ode_pairs_n": args.ode_pairs_n,
+               "methods": tuple(args.methods) if args.methods else None,
+               "variants": tuple(args.variants) if args.variants else None}
+    return dataclasses.replace(
+        base, eval=settings, steps={**base.steps, **parse_steps(args.steps)}, docs=args.docs,
+        command=command_line(args), **{k: v for k, v in changes.items() if v is not None},
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the sub-command; prints where the results went. Raises ValueError on bad options."""
+    if args.experiment_command != "ablation":
+        raise ValueError(f"unknown experiment {args.experiment_command!r}")
+    config = config_from_args(args)
+    results = run_ablation(config)
+    print(f"wrote {config.out}/results.json and {config.out}/results.md"
+          + (f" and {config.docs}" if config.docs else "")
+          + (f"; drift plot {results['plot']}" if results.get("plot") else ""))
+    return results

@@ -1,0 +1,180 @@
+"""The comparison's results as a Markdown table and a drift plot: pure functions of the results dict.
+
+The dict is what `ablation.run_ablation` writes to results.json; the functions read only these keys:
+
+    results["methods"][i] = {"method", "variant", "budget", "init_budget", "train": {"status", "wall_s"},
+                             "eval": {"train_length": {"frames", "num_videos", "total", "quality", "semantic",
+                                                       "temporal"},
+                                      "speed": {"fps"},
+                                      "long": {"frames", "num_videos", "window", "local_attn_size", "sink_size",
+                                               "drift": {"stops", "total"} | None, "at": {"5x": ...},
+                                               "skipped": reason | None, "note"?}}}
+    results["settings"]["drift_checkpoints"] = [5, 10]      (multiples of the training length)
+    results["command"], results["machine"], results["quick"]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+__all__ = ["format_table", "format_budgets", "results_markdown", "drift_series", "plot_drift"]
+
+log = logging.getLogger(__name__)
+
+MISSING = "–"
+SCORES = ("total", "quality", "semantic", "temporal")
+
+
+def _score(value) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
+def _fps(value) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return MISSING
+    if value >= 60:
+        return f"{value / 60:.1f} min"
+    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
+def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A Markdown table; `align` has one letter per column, "l" or "r"."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [header, rule] + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def format_table(results: dict) -> str:
+    """Rows = method x variant (in run order); columns: the oracle's total / quality / semantic / temporal at the
+    training length, the total at the drift checkpoints of the long videos, streaming frames per second."""
+    checkpoints = results["settings"]["drift_checkpoints"]
+    header = ["Method", "Variant", "Total", "Quality", "Semantic", "Temporal"]
+    header += [f"Total @{k}x" for k in checkpoints] + ["FPS"]
+    rows = []
+    for m in results["methods"]:
+        short, long = m["eval"]["train_length"], m["eval"]["long"]
+        at = long.get("at") or {}
+        rows.append([m["method"], m["variant"], *(_score(short[k]) for k in SCORES),
+                     *(_score(at.get(f"{k}x")) for k in checkpoints), _fps(m["eval"]["speed"]["fps"])])
+    return _markdown(header, rows, "ll" + "r" * (len(header) - 2))
+
+
+def format_budgets(results: dict) -> str:
+    """What each method trained: trainer steps, generator and critic updates, batch, its init, wall-clock."""
+    header = ["Method", "Variant", "Algorithm", "Steps", "Generator updates", "Critic updates", "Batch",
+              "Init (steps)", "Train time"]
+    rows = []
+    for m in results["methods"]:
+        b, init = m["budget"], m.get("init_budget")
+        start = f"ODE init ({init['steps']})" if init else "teacher"
+        status = m["train"].get("status")
+        took = _seconds(m["train"].get("wall_s")) + (" (earlier run)" if status == "skipped" else "")
+        rows.append([m["method"], m["variant"], b["algorithm"], str(b["steps"]), str(b["generator_updates"]),
+                     str(b["critic_updates"]), str(b["batch_size"]), start, took])
+    return _markdown(header, rows, "lllrrrrll")
+
+
+def _notes(results: dict) -> list[str]:
+    notes = []
+    for m in results["methods"]:
+        long = m["eval"]["long"]
+        if long.get("skipped"):
+            notes.append(f"{m['method']} ({m['variant']}): long videos skipped: {long['skipped']}.")
+        elif long.get("note"):
+            notes.append(f"{m['method']} ({m['variant']}): long videos on {long['note']}.")
+    return notes
+
+
+def results_markdown(results: dict, plot_link: str | None = None) -> str:
+    """The whole Markdown page: how the numbers were made, the results table, the budgets, notes, the plot."""
+    methods = results["methods"]
+    if not methods:
+        return "# Self-Forcing's comparison in the world\n\nNo method has been evaluated yet.\n"
+    first = methods[0]["eval"]
+    short, long = first["train_length"], first["long"]
+    checkpoints = results["settings"]["drift_checkpoints"]
+    mach = results["machine"]
+    at = " / ".join(f"{k}x" for k in checkpoints)
+    lines = [
+        "# Self-Forcing's comparison in the world", "",
+        f"Produced by `{results['command']}` on {mach['platform']} ({mach['cpu_count']} CPUs, "
+        f"{mach['torch_threads']} torch threads{', ' + mach['cuda'] if mach.get('cuda') else ''}).", "",
+    ]
+    if results.get("quick"):
+        lines += ["**Quick mode**: tiny untrained models on 16x16 clips, a smoke test of the pipeline; the scores "
+                  "mean nothing (real 16x16 renders score about 65, not 100).", ""]
+    lines += [
+        f"Scores are the world's oracle (0-100, total = 0.4 semantic + 0.3 quality + 0.3 temporal), the mean over "
+        f"{short['num_videos']} held-out prompts at the training length ({short['frames']} frames). "
+        f"Total @{at}: the mean total over the {long['window']}-frame window ending at {at} the training length, "
+        f"on {long['frames']}-frame videos of the first {long.get('requested', long['num_videos'])} held-out "
+        f"prompts (fewer where noted), rolled out with a rolling KV cache ({long['local_attn_size']} latent frames, "
+        "of which one block of sink frames). FPS: frames per second of streaming one training-length video "
+        "(text encoding and decoding included).", "",
+        format_table(results), "",
+        "## Budgets", "",
+        "Steps are optimizer steps of the trainer; a distillation step updates the critic, every "
+        "`distill.generator_every`-th step also the generator.", "",
+        format_budgets(results), "",
+    ]
+    notes = _notes(results)
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if plot_link:
+        lines += ["## Drift", "", f"![Total score per window over the long videos]({plot_link})", ""]
+    return "\n".join(lines)
+
+
+def drift_series(results: dict) -> dict[str, list[tuple[str, list[int], list[float]]]]:
+    """{variant: [(method, window end frames, total per window)]} of the long videos that were scored."""
+    out: dict[str, list] = {}
+    for m in results["methods"]:
+        drift = m["eval"]["long"].get("drift")
+        out.setdefault(m["variant"], [])
+        if drift:
+            out[m["variant"]].append((m["method"], list(drift["stops"]), list(drift["total"])))
+    return out
+
+
+def plot_drift(results: dict, path: str | Path) -> Path | None:
+    """Total score against frame index, one line per method, one panel per variant, as a PNG. Needs matplotlib
+    (the `experiment` extra); without it, or with no long video scored, warns and returns None."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[experiment]'): no drift plot")
+        return None
+    series = drift_series(results)
+    if not any(series.values()):
+        log.warning("no long video was scored: no drift plot")
+        return None
+    train_frames = results["methods"][0]["eval"]["train_length"]["frames"]
+    fig = Figure(figsize=(5.5 * len(series), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    names = list(dict.fromkeys(m["method"] for m in results["methods"]))    # one colour per method, both panels
+    handles = {}
+    for ax, (variant, lines) in zip(axes, series.items()):
+        for method, stops, totals in lines:
+            (handles[method],) = ax.plot(stops, totals, marker="o", markersize=3, color=f"C{names.index(method) % 10}")
+        ax.axvline(train_frames, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(variant)
+        ax.set_xlabel("frame (end of the scored window)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("oracle total score")
+    axes[0].set_ylim(0, 100)
+    shown = [n for n in names if n in handles]
+    fig.legend([handles[n] for n in shown], shown, loc="outside right upper", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,201 @@
+"""`selfforcing experiment ablation`: the quick mode end to end (every method x variant, resumable), the plan's
+configs at full size, and the table / plot formatting as pure functions of a results dict."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfforcing.cli import main
+from selfforcing.experiments import METHODS, VARIANTS, AblationConfig, quick_config, run_ablation
+from selfforcing.experiments.ablation import budget, stage_config
+from selfforcing.experiments.cli import parse_steps
+from selfforcing.experiments.evaluation import EvalSettings, _long_videos, drift_checkpoints, rolling_cache
+from selfforcing.experiments.results import drift_series, format_budgets, format_table, plot_drift, results_markdown
+from selfforcing.training.config import train_preset
+
+ROWS = {(m.name, v.name) for m in METHODS for v in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    """One quick ablation (tiny models, 3 steps a stage), run through the command line."""
+    out = tmp_path_factory.mktemp("ablation")
+    docs = out / "docs" / "ablation.md"
+    assert main(["experiment", "ablation", "--quick", "-o", str(out / "run"), "--docs", str(docs)]) == 0
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ------------------------------------------------------------------------------------------------ quick mode
+def test_quick_mode_scores_every_method_and_variant(quick):
+    results = json.loads((quick / "run" / "results.json").read_text())
+    assert results["complete"] and results["quick"]
+    assert {(m["method"], m["variant"]) for m in results["methods"]} == ROWS
+    for m in results["methods"]:
+        short, long, speed = m["eval"]["train_length"], m["eval"]["long"], m["eval"]["speed"]
+        assert all(_finite(short[k]) and 0 <= short[k] <= 100 for k in ("total", "quality", "semantic", "temporal"))
+        assert short["frames"] == 6 and short["num_videos"] == 2
+        assert long["skipped"] is None and long["frames"] == 24 and set(long["at"]) == {"2x", "4x"}
+        assert all(_finite(v) for v in long["at"].values()) and long["drift"]["stops"] == [6, 12, 18, 24]
+        assert _finite(speed["fps"]) and speed["fps"] > 0
+        assert long["sink_size"] == (3 if m["variant"] == "chunk-wise" else 1)
+        b = m["budget"]
+        if b["algorithm"] == "distill":                     # critic every step, generator every 5th (step 0)
+            assert (b["steps"], b["generator_updates"], b["critic_updates"]) == (3, 1, 3)
+            assert m["init_budget"]["algorithm"] == "ode-init"
+        else:
+            assert (b["steps"], b["generator_updates"], b["critic_updates"]) == (3, 3, 0)
+            assert m["init"] == "teacher" and m["init_budget"] is None
+    assert [s["stage"] for s in results["stages"][:4]] == ["teacher", "ode-pairs", "chunk-wise/ode-init",
+                                                            "frame-wise/ode-init"]
+    assert all(s["status"] == "trained" and s["wall_s"] >= 0 for s in results["stages"])
+    assert results["command"].startswith("selfforcing experiment ablation") and "--quick" in results["command"]
+    assert results["machine"]["torch_threads"] >= 1 and results["settings"]["drift_checkpoints"] == [2, 4]
+    markdown = (quick / "run" / "results.md").read_text()
+    docs = (quick / "docs" / "ablation.md").read_text()
+    if results["plot"] is not None:                            # with matplotlib: a copy of the plot beside the page
+        assert (quick / "docs" / "ablation-drift.png").is_file() and "](ablation-drift.png)" in docs
+    assert markdown == docs.replace("ablation-drift.png", "drift.png")
+    assert "| SF+GAN | frame-wise |" in markdown and "Total @4x" in markdown
+
+
+def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(quick / "run", out)
+    weights = sorted(out.glob("*/*/generator_ema.safetensors")) + [out / "teacher" / "model_ema.safetensors"]
+    assert len(weights) == 2 * (len(METHODS) + 1) + 1
+    stamps = {p: p.stat().st_mtime_ns for p in weights}
+    results = run_ablation(quick_config(str(out)))
+    assert {s["status"] for s in results["stages"]} == {"skipped"}
+    assert all(m["eval"]["reused"] for m in results["methods"])
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # a stage killed after its last checkpoint but before the export, and one asked for more steps
+    (out / "frame-wise" / "sf-dmd" / "generator_ema.safetensors").unlink()
+    results = run_ablation(quick_config(str(out), methods=("sf-dmd",), variants=("frame-wise",)))
+    status = {s["stage"]: (s["status"], s["step"]) for s in results["stages"] if "step" in s}
+    assert status["frame-wise/sf-dmd"] == ("resumed", 3)
+    assert (out / "frame-wise" / "sf-dmd" / "generator_ema.safetensors").exists()
+    more = dict(quick_config(str(out)).steps, distill=4)
+    results = run_ablation(quick_config(str(out), methods=("causvid",), variants=("frame-wise",), steps=more))
+    status = {s["stage"]: (s["status"], s["step"]) for s in results["stages"] if "step" in s}
+    assert status["frame-wise/causvid"] == ("resumed", 4)
+    assert status["frame-wise/ode-init"] == ("skipped", 3)
+    assert not any(m["eval"]["reused"] for m in results["methods"])       # new weights, new scores
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert main(["experiment", "ablation", "--quick", "-o", str(tmp_path), "--steps", "critic=3"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--quick", "-o", str(tmp_path), "--teacher", "t.safetensors"]) == 2
+    assert "--quick" in capsys.readouterr().err
+    assert parse_steps(["distill=600", "causal-diffusion=120"]) == {"distill": 600, "causal-diffusion": 120}
+    with pytest.raises(ValueError, match="unknown method"):
+        AblationConfig(methods=("sf-foo",))
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def test_full_plan_resolves_every_stage_from_its_preset(tmp_path):
+    config = AblationConfig(out=str(tmp_path), steps={"distill": 100})
+    for variant in VARIANTS:
+        init, _ = stage_config(config, variant.ode_init_preset, variant, tmp_path, teacher="T.safetensors",
+                               pairs="P")
+        assert init.ode_init.init_from == "T.safetensors" and init.data.ode_pairs == "P"
+        assert init.model.num_frame_per_block == variant.frames_per_block
+        for method in METHODS:
+            cfg, overrides = stage_config(config, method.preset, variant, tmp_path / method.slug,
+                                          teacher="T.safetensors", init="I.safetensors" if method.init == "ode-init"
+                                          else None)
+            preset = train_preset(method.preset)
+            assert cfg.model.num_frame_per_block == variant.frames_per_block and cfg.out_dir.endswith(method.slug)
+            assert cfg.model.dim == preset.model.dim and cfg.data.size == 64
+            if cfg.algorithm == "distill":
+                assert cfg.distill.teacher == "T.safetensors" and cfg.distill.generator_init == "I.safetensors"
+                assert cfg.distill.loss == preset.distill.loss and cfg.schedule.steps == 100
+                assert budget(cfg)["generator_updates"] == 100 // cfg.distill.generator_every
+            else:
+                assert cfg.causal.init_from == "T.safetensors"
+                assert cfg.schedule.steps == preset.schedule.steps        # not overridden: the preset's
+    assert {v.frames_per_block for v in VARIANTS} == {3, 1}
+
+
+def test_rolling_cache_and_drift_checkpoints():
+    assert rolling_cache(3, 21) == {"local_attn_size": 21, "sink_size": 3}
+    assert rolling_cache(1, 21) == {"local_attn_size": 21, "sink_size": 1}
+    assert rolling_cache(3, 8) == {"local_attn_size": 6, "sink_size": 3}
+    with pytest.raises(ValueError):
+        rolling_cache(3, 5)
+    assert drift_checkpoints(10) == (5, 10) and drift_checkpoints(4) == (2, 4) and drift_checkpoints(1) == (1,)
+
+
+def test_slow_generators_skip_long_videos_with_the_reason(tmp_path):
+    settings = EvalSettings(long_prompts=4, long_budget_s=60)
+    out = _long_videos(tmp_path / "never-loaded.safetensors", 21, 3, 0.5, 21, settings, encoder=None)
+    assert out["num_videos"] == 0 and "budget of 60 s" in out["skipped"] and "420 s" in out["skipped"]
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def _row(method, variant, total, at10=None, fps=12.345, skipped=None):
+    long = {"frames": 210, "num_videos": 0 if skipped else 4, "requested": 4, "window": 21, "local_attn_size": 21,
+            "sink_size": 3, "skipped": skipped, "at": None if skipped else {"5x": total - 5, "10x": at10},
+            "drift": None if skipped else {"stops": [21, 42], "total": [total, total - 5]}}
+    return {"method": method, "variant": variant, "init_budget": None if method == "TF" else {"steps": 400},
+            "budget": {"algorithm": "distill", "steps": 600, "generator_updates": 120, "critic_updates": 600,
+                       "batch_size": 4},
+            "train": {"status": "trained", "wall_s": 125.0},
+            "eval": {"train_length": {"frames": 21, "num_videos": 8, "total": total, "quality": 80.0,
+                                      "semantic": 70.25, "temporal": 90.0},
+                     "speed": {"fps": fps}, "long": long}}
+
+
+def fake_results():
+    return {"command": "selfforcing experiment ablation", "quick": False,
+            "machine": {"platform": "Linux", "cpu_count": 2, "torch_threads": 2, "cuda": None},
+            "settings": {"drift_checkpoints": [5, 10]},
+            "methods": [_row("SF+DMD", "chunk-wise", 81.04, at10=70.0),
+                        _row("TF", "frame-wise", 60.0, fps=0.0123, skipped="one video takes 9000 s")]}
+
+
+def test_format_table_has_one_row_per_method_and_variant():
+    table = format_table(fake_results()).splitlines()
+    assert table[0] == ("| Method | Variant | Total | Quality | Semantic | Temporal | Total @5x | Total @10x "
+                        "| FPS |")
+    assert table[1].startswith("| --- | --- | ---: |")
+    assert table[2] == "| SF+DMD | chunk-wise | 81.0 | 80.0 | 70.2 | 90.0 | 76.0 | 70.0 | 12.3 |"
+    assert table[3] == "| TF | frame-wise | 60.0 | 80.0 | 70.2 | 90.0 | – | – | 0.0123 |"
+    budgets = format_budgets(fake_results()).splitlines()
+    assert budgets[2] == "| SF+DMD | chunk-wise | distill | 600 | 120 | 600 | 4 | ODE init (400) | 2.1 min |"
+    assert "| teacher |" in budgets[3]
+
+
+def test_markdown_notes_skips_and_links_the_plot():
+    page = results_markdown(fake_results(), plot_link="drift.png")
+    assert page.startswith("# ") and format_table(fake_results()) in page
+    assert "TF (frame-wise): long videos skipped: one video takes 9000 s." in page
+    assert "![Total score per window over the long videos](drift.png)" in page
+    assert "Quick mode" not in page
+    assert drift_series(fake_results()) == {"chunk-wise": [("SF+DMD", [21, 42], [81.04, 76.04])], "frame-wise": []}
+
+
+def test_drift_plot_is_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch, caplog):
+    for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)                    # None in sys.modules: ImportError
+    assert plot_drift(fake_results(), tmp_path / "drift.png") is None
+    assert "matplotlib is not installed" in caplog.text and not (tmp_path / "drift.png").exists()
+
+
+def test_drift_plot_draws_both_variants(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = plot_drift(fake_results(), tmp_path / "drift.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = fake_results()
+    empty["methods"] = empty["methods"][1:]                     # only a skipped long evaluation: nothing to draw
+    assert plot_drift(empty, tmp_path / "none.png") is None
