@@ -245,3 +245,20 @@ def test_save_is_atomic_and_overwrites(model, tmp_path):
     save_transformer(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]   # no temporary files left behind
     assert_same_function(model, load_transformer(path))
+
+
+def test_export_casts_weights_and_keeps_metadata(tmp_path, capsys):
+    from selfforcing.cli import main
+    from selfforcing.inference.loading import PIPELINE_METADATA_KEY
+    from selfforcing.io.checkpoints import describe_checkpoint, load_transformer, save_transformer
+
+    model = WanDiT(get_preset("tiny"))
+    src = save_transformer(model, tmp_path / "m.safetensors", extra_metadata={PIPELINE_METADATA_KEY: {"fps": 8}})
+    assert main(["export", str(src), "-o", str(tmp_path / "h.safetensors")]) == 0
+    half = load_transformer(tmp_path / "h.safetensors")
+    assert half.dtype == torch.float16 and half.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(half.state_dict()[k], v.half()), k
+    assert describe_checkpoint(tmp_path / "h.safetensors")["metadata"][PIPELINE_METADATA_KEY] == '{"fps": 8}'
+    assert main(["export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()

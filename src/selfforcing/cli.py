@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_cli.add_parser(sub)
     train_cli.add_parser(sub)
     _add_ode_pairs(sub)
+    _add_export(sub)
     w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
     world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
     return parser
@@ -245,7 +246,28 @@ def cmd_ode_pairs(args) -> None:
     print(f"wrote {args.n} trajectories to {out}")
 
 
-COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench, "ode-pairs": cmd_ode_pairs}
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="copy a selfforcing checkpoint with its weights cast (e.g. fp16 to ship)")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by selfforcing")
+    p.add_argument("-o", "--output", required=True, help="the file to write")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from .io.checkpoints import cast_checkpoint
+
+    if not Path(args.checkpoint).exists():
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
+    if Path(args.output).resolve() == Path(args.checkpoint).resolve():
+        raise ValueError("--output must differ from the checkpoint")
+    out = cast_checkpoint(args.checkpoint, args.output, getattr(torch, args.dtype))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype})")
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench, "ode-pairs": cmd_ode_pairs,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

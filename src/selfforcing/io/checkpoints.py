@@ -55,6 +55,7 @@ __all__ = [
     "describe_checkpoint",
     "load_transformer",
     "save_transformer",
+    "cast_checkpoint",
     "save_wan",
     "save_diffusers",
 ]
@@ -490,6 +491,22 @@ def save_transformer(model: WanDiT, path: str | os.PathLike, extra_metadata: Map
         metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
     _atomic_save(_model_state(model), path, metadata)
     return path
+
+
+def cast_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype) -> Path:
+    """Copy one of our own `.safetensors` checkpoints with its floating-point weights cast to `dtype`, keeping
+    every metadata entry (config, pipeline spec, training config): e.g. fp16 copies of trained models to ship."""
+    src, dst = Path(src), Path(dst)
+    if detect_layout(src) != "selfforcing":
+        raise CheckpointError(f"{src} is not a selfforcing .safetensors checkpoint")
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    _atomic_save(tensors, dst, metadata)
+    return dst
 
 
 def _save_folder(state: dict, config_json: dict, folder: Path, max_shard_size: int | None) -> Path:
