@@ -170,3 +170,32 @@ def test_gradient_step_with_cache(make_model):
     out.square().mean().backward()
     assert x_chunk.grad.abs().sum() > 0
     assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0  # text keys are not frozen by the cache
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_x0_prediction_returns_the_velocity_of_the_heads_clean_estimate(causal):
+    """Same weights: the x0 head's velocity is (x_t - head) / σ, so x_t - σ v gives the head's output back."""
+    from selfforcing.config import get_preset
+    from selfforcing.models.wan import WanDiT
+
+    cfg = get_preset("tiny").replace(causal=causal, num_frame_per_block=2)
+    torch.manual_seed(0)
+    velocity_model = WanDiT(cfg)
+    x0_model = WanDiT(cfg.replace(prediction="x0"))
+    x0_model.load_state_dict(velocity_model.state_dict())
+    x = torch.randn(2, 4, cfg.in_dim, 4, 4)
+    t = torch.tensor([[900.0, 500.0, 20.0, 0.0], [300.0, 300.0, 300.0, 300.0]])
+    ctx = torch.randn(2, 5, cfg.text_dim)
+    with torch.no_grad():
+        head = velocity_model(x, t, ctx)
+        v = x0_model(x, t, ctx)
+    sigma = (t / 1000).clamp(min=cfg.min_sigma)[:, :, None, None, None]
+    torch.testing.assert_close(x - sigma * v, head, atol=1e-5, rtol=1e-5)
+    if causal:                                   # the cache still equals the parallel forward
+        kv = KVCache.empty(x0_model.config, 2, x0_model.config.tokens_per_frame(4, 4), 4)
+        cross = CrossAttnCache.empty(cfg.num_layers)
+        k = cfg.num_frame_per_block
+        with torch.no_grad():
+            chunks = [x0_model(x[:, s:s + k], t[:, s:s + k], ctx, kv_cache=kv, cross_cache=cross, start_frame=s)
+                      for s in range(0, 4, k)]
+        torch.testing.assert_close(torch.cat(chunks, 1), v, atol=1e-4, rtol=1e-4)

@@ -251,7 +251,8 @@ class WanDiT(nn.Module):
         start_frame: int = 0,
         hidden_layers: tuple[int, ...] = (),
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Predict the flow (velocity) of a noisy latent video.
+        """Predict the flow (velocity) of a noisy latent video (with `config.prediction == "x0"` the head
+        predicts the clean video and the velocity it implies is returned).
 
         Args:
             x: (B, F, C, H, W) noisy latents (one chunk when `kv_cache` is given).
@@ -322,4 +323,10 @@ class WanDiT(nn.Module):
         out = self.head(tokens, e).float()                                  # (B, F'*N_f, C*ph*pw)
         if clean_x is not None:
             out, e = out[:, num_frames * tokens_per_frame :], e[:, num_frames:]
-        return self._unpatchify(out, num_frames, h, w), hidden
+        out = self._unpatchify(out, num_frames, h, w)                       # (B, F, C, H, W)
+        if cfg.prediction == "x0":                                          # v = (x_t - x0) / σ
+            sigma = (t.float() / 1000).expand(batch, num_frames) if t.dim() == 2 else \
+                (t.float() / 1000)[:, None].expand(batch, num_frames)
+            sigma = sigma.clamp(min=cfg.min_sigma)[:, :, None, None, None]
+            out = (x.float() - out) / sigma
+        return out, hidden
