@@ -239,3 +239,13 @@ def test_bf16_autocast_option_runs(tmp_path):
     logs = trainer.fit()
     assert torch.isfinite(torch.tensor(logs["model/loss"]))
     assert next(trainer.networks["model"].parameters()).dtype == torch.float32
+
+
+def test_activation_checkpointing_gives_the_same_weights(tmp_path):
+    plain = Trainer(tiny(tmp_path / "a", "schedule.steps=2"))
+    plain.fit()
+    recomputed = Trainer(tiny(tmp_path / "b", "schedule.steps=2", "parallel.activation_checkpointing=true"))
+    assert recomputed.networks["model"].gradient_checkpointing
+    recomputed.fit()
+    for name, a in params(plain.networks["model"]).items():
+        torch.testing.assert_close(a, params(recomputed.networks["model"])[name], rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 
 from ..config import WanConfig
@@ -184,6 +185,10 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList([WanBlock(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
+        # activation checkpointing: recompute each block in the backward instead of keeping its activations
+        # (a runtime switch, not part of the config; never with a KV cache, whose contents move on between the
+        # forward and the backward)
+        self.gradient_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -315,8 +320,13 @@ class WanDiT(nn.Module):
             ctx = self.embed_text(context)                                  # (B, text_len, D)
 
         hidden = []
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and kv_cache is None
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, cos, sin, mask, kv_cache, cross_cache)
+            if recompute:
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, cos, sin, mask, None, None,
+                                                           use_reentrant=False)
+            else:
+                tokens = block(tokens, e0, ctx, cos, sin, mask, kv_cache, cross_cache)
             if i in hidden_layers:
                 hidden.append(tokens)
 

@@ -215,10 +215,14 @@ class ParallelConfig:
     Attributes:
         strategy: "ddp" (replicated weights, all-reduced gradients) or "fsdp" (FSDP2 `fully_shard` per block).
         backend: process-group backend; "auto" is nccl on CUDA, gloo otherwise.
+        activation_checkpointing: recompute each transformer block in the backward instead of storing its
+            activations (all trained networks; also in a single process): less memory for one more forward
+            of each block in the backward.
     """
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    activation_checkpointing: bool = False
 
 
 @dataclass(frozen=True)

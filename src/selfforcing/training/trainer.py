@@ -262,6 +262,10 @@ class Trainer:
         torch.manual_seed(config.seed)                       # identical initial weights on every rank
         self.networks = {k: m.to(self.ctx.device) for k, m in self.entry.networks(config).items()}
         for name, net in self.networks.items():
+            if name in self.entry.trained and config.parallel.activation_checkpointing:
+                for module in net.modules():
+                    if isinstance(module, WanDiT):
+                        module.gradient_checkpointing = True
             if name not in self.entry.trained:                 # frozen (a teacher); trained ones keep their
                 net.requires_grad_(False)                       # own choice (a discriminator's unused head)
         self.wrapped = {
