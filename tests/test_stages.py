@@ -180,8 +180,7 @@ def test_long_rollout_scores_the_last_window(teacher, tmp_path):
     batch = trainer_batch(trainer)
     from selfforcing.algorithms.base import SampleRNG
 
-    shared = SampleRNG(batch.seeds)
-    video, _ = trainer.algorithm.generate(batch, shared.generator(), shared)
+    video, _ = trainer.algorithm.generate(batch, SampleRNG(batch.seeds).generator())
     assert video.shape[1] == FRAMES and video.requires_grad
     logs = trainer.train_step([batch])
     assert torch.isfinite(logs["generator/loss"])

@@ -109,11 +109,11 @@ class SampleRNG:
         """(B, *shape) uniform on [0, 1)."""
         return torch.stack([torch.rand(shape, generator=g, dtype=dtype) for g in self.generators]).to(self.device)
 
-    def generator(self) -> torch.Generator:
+    def generator(self, salt: int = 0) -> torch.Generator:
         """One generator for draws shared by the whole micro-batch (e.g. Self-Forcing's exit step), seeded
-        from all the samples' seeds."""
+        from all the samples' seeds and `salt` (different salts give independent streams, e.g. one per update)."""
         seeds = [int(g.initial_seed()) for g in self.generators]
-        return torch.Generator().manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return torch.Generator().manual_seed(hash((*seeds, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
         """(B, *shape) int64 uniform on [0, high)."""

@@ -18,11 +18,12 @@ One algorithm covers the paper's whole family (spec §4(b)-(e)), as the product 
 Updates: the critic (or discriminator) every step, the generator every `generator_every` steps (5 in the
 published DMD config), each at its own learning rate.
 
-Randomness: the initial noise is drawn per sample (`SampleRNG`), the draws shared by the micro-batch (the
-exit step, the noise between denoising steps, the timesteps of the score) come from one generator seeded by
-the micro-batch's sample seeds. A run resumed from a checkpoint reproduces the uninterrupted one; cutting the
-global batch differently (gradient accumulation, more ranks) changes those shared draws, as in the
-published trainer, where each rank draws its own exit step.
+Randomness: every draw of an update (initial noise, exit step, noise between denoising steps, timesteps and
+noise of the scores) comes from one generator seeded by the micro-batch's sample seeds and the update (so the
+critic's and the generator's rollouts of one step are independent samples, as in the published trainer). A run
+resumed from a checkpoint reproduces the uninterrupted one; cutting the global batch differently (gradient
+accumulation, more ranks) changes the draws, as in the published trainer, where each rank draws its own exit
+step.
 """
 
 from __future__ import annotations
@@ -150,12 +151,13 @@ class DistillTraining:
         )
 
     # --------------------------------------------------------------------------- the generated clip
-    def generate(self, batch: Batch, rng: torch.Generator, shared: SampleRNG) -> tuple[torch.Tensor, Logs]:
+    def generate(self, batch: Batch, rng: torch.Generator) -> tuple[torch.Tensor, Logs]:
         """The generator's clip for this batch (B, F, C, H, W): gradient where the recipe puts it when grad
         mode is on. For self-forcing rollouts longer than the window, only the last window is returned."""
         c = self.config
         if c.inputs == "self-forcing":
-            noise = shared.randn(self.rollout_frames, *self.latent_shape)
+            shape = (batch.size, self.rollout_frames, *self.latent_shape)
+            noise = torch.randn(shape, generator=rng).to(batch.context.device)
             exit_step = sample_exit_step(len(self.timesteps), rng)
             out = self_forcing_rollout(
                 self.generator, batch.context, noise, flow=self.flow, timesteps=self.timesteps,
@@ -174,9 +176,8 @@ class DistillTraining:
     # --------------------------------------------------------------------------- the two updates
     def generator_loss(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         c = self.config
-        shared = SampleRNG(batch.seeds, device=batch.context.device)
-        rng = shared.generator()
-        video, logs = self.generate(batch, rng, shared)
+        rng = SampleRNG(batch.seeds).generator(salt=1)
+        video, logs = self.generate(batch, rng)
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
         if c.loss == "dmd":
             loss, extra = dmd_loss(video, self.real, self.critic, self.flow, batch.context, batch.null_context,
@@ -191,10 +192,9 @@ class DistillTraining:
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         c = self.config
-        shared = SampleRNG(batch.seeds, device=batch.context.device)
-        rng = shared.generator()
+        rng = SampleRNG(batch.seeds).generator(salt=0)
         with torch.no_grad():
-            video, _ = self.generate(batch, rng, shared)
+            video, _ = self.generate(batch, rng)
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
         if c.loss == "gan":
             loss, extra = gan_discriminator_loss(
