@@ -221,17 +221,30 @@ def cmd_bench(args) -> None:
 
 
 def _add_ode_pairs(sub) -> None:
-    p = sub.add_parser("ode-pairs", help="sample teacher ODE trajectories for the ODE-regression init (no videos)")
-    p.add_argument("teacher", help="the trained bidirectional teacher (e.g. runs/teacher/model_ema.safetensors)")
+    p = sub.add_parser("ode-pairs", help="sample teacher ODE trajectories for the ODE-regression init (no videos)",
+                       description="Sample teacher ODE trajectories. Under torchrun each process samples its share "
+                                   "into OUT/part-RRR-of-WWW (one set for training).")
+    p.add_argument("teacher", help="the bidirectional teacher: a `selfforcing train` checkpoint (e.g. "
+                                   "runs/teacher-world/model_ema.safetensors) or any layout, e.g. a Wan2.1 folder")
     p.add_argument("-o", "--out", required=True, help="output folder (resumable: reruns add what is missing)")
     p.add_argument("--n", type=int, default=256, help="trajectories (default: 256)")
     p.add_argument("--steps", type=int, default=16, help="Euler steps per trajectory, a multiple of 4 (default: 16)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the teacher's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale (default: the teacher's recorded one, else 6 as published)")
     p.add_argument("--shift", type=float, default=5.0, help="sampling shift: the generator's (default: 5)")
     p.add_argument("--frames", type=int, default=21, help="latent frames per trajectory (default: 21)")
     p.add_argument("--batch-size", type=int, default=8, help="trajectories sampled together (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="captions, one per line (default: the world's training captions)")
+    p.add_argument("--text-encoder-path", default=None, metavar="DIR",
+                   help="a Wan2.1 folder whose UMT5 encodes the prompts (for a teacher without a recorded spec)")
+    p.add_argument("--latent-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                   help="latent frame shape with --text-encoder-path, e.g. 16 60 104 for 480x832")
+    p.add_argument("--negative-prompt", default="", help="the prompt guidance pushes away from (default: empty)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="teacher precision (default: float32; bfloat16 on GPUs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
 
 
 def cmd_ode_pairs(args) -> None:
@@ -239,11 +252,20 @@ def cmd_ode_pairs(args) -> None:
 
     if args.seed < 0:
         raise ValueError(f"--seed must be non-negative, got {args.seed}")
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if device == "cuda":                                     # torchrun: one GPU per process
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     out = generate_ode_pairs(ODEPairsConfig(
         teacher=args.teacher, out=args.out, n=args.n, num_steps=args.steps, guidance=args.guidance,
         shift=args.shift, num_frames=args.frames, batch_size=args.batch_size, seed=args.seed,
-    ), device=args.device)
-    print(f"wrote {args.n} trajectories to {out}")
+        prompts_file=args.prompts, text_encoder_path=args.text_encoder_path,
+        latent_shape=tuple(args.latent_shape) if args.latent_shape else None, negative_prompt=args.negative_prompt,
+        dtype=args.dtype, rank=rank, world_size=world_size,
+    ), device=device, progress=rank == 0)
+    share = len(range(rank, args.n, world_size))
+    print(f"wrote {share} of {args.n} trajectories to {out}" if world_size > 1 else
+          f"wrote {args.n} trajectories to {out}")
 
 
 def _add_export(sub) -> None:

@@ -11,6 +11,13 @@ the sample's seed. The trainer derives that seed from (run seed, step, position 
 batch), so a sample's noise, timestep and prompt dropout do not depend on how the global batch is cut into
 micro-batches and ranks: gradient accumulation and data parallelism reproduce the single-process step, and
 resuming needs no RNG state beyond the step counter.
+
+Data parallelism. Networks reach an algorithm already parallelised by the trainer: FSDP2 shards a module in
+place (its `config` stays readable), DDP wraps it (`unwrap` gives the module inside). Under FSDP every forward
+is a collective, so every rank must call a network equally often: a draw that changes the control flow (the
+Self-Forcing exit step, which sets the number of generator calls) comes from `Batch.shared_seed`, common to all
+ranks at a micro-step, never from the per-sample seeds. The published trainer draws it on rank 0 and
+broadcasts it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-__all__ = ["Batch", "Update", "Algorithm", "SampleRNG", "Logs", "LossFn"]
+__all__ = ["Batch", "Update", "Algorithm", "SampleRNG", "Logs", "LossFn", "unwrap"]
 
 Logs = dict[str, torch.Tensor]
 LossFn = Callable[["Batch"], tuple[torch.Tensor, Logs]]
@@ -38,6 +45,8 @@ class Batch:
         trajectory: (B, S + 1, F, C, H, W) stored teacher ODE states, the last one clean (ODE init), or None.
         trajectory_timesteps: (S + 1,) their timesteps, the last 0.
         prompts: the captions, for logging.
+        shared_seed: a seed common to every rank's micro-batch at this micro-step (see the module docstring);
+            None outside the trainer (a single process), where the micro-batch's own draws decide.
     """
 
     context: torch.Tensor
@@ -47,6 +56,7 @@ class Batch:
     trajectory: torch.Tensor | None = None
     trajectory_timesteps: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
+    shared_seed: int | None = None
 
     @property
     def size(self) -> int:
@@ -71,6 +81,12 @@ class Update:
     loss: LossFn
     every: int = 1
     lr: float | None = None
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DDP wrapper (which keeps it at `.module`); any other network as it is (FSDP2
+    shards in place, so `config` and `dtype` stay readable)."""
+    return getattr(network, "module", network)
 
 
 class Algorithm(Protocol):

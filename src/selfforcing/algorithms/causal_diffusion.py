@@ -22,14 +22,14 @@ import torch
 from ..diffusion.flow import FlowMatching
 from ..models.wan import WanDiT
 from ..nn.masks import frame_blocks
-from .base import Batch, SampleRNG, Update
+from .base import Batch, SampleRNG, Update, unwrap
 
 __all__ = ["per_block_timesteps", "causal_diffusion_loss", "one_pass_sample", "CausalDiffusionConfig",
            "CausalDiffusionTraining"]
 
 
 def _blocks(generator: WanDiT, num_frames: int) -> torch.Tensor:
-    cfg = generator.config
+    cfg = unwrap(generator).config                      # through a DDP wrapper
     return frame_blocks(num_frames, cfg.num_frame_per_block, cfg.independent_first_frame)
 
 

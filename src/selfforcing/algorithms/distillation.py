@@ -22,8 +22,11 @@ Randomness: every draw of an update (initial noise, exit step, noise between den
 noise of the scores) comes from one generator seeded by the micro-batch's sample seeds and the update (so the
 critic's and the generator's rollouts of one step are independent samples, as in the published trainer). A run
 resumed from a checkpoint reproduces the uninterrupted one; cutting the global batch differently (gradient
-accumulation, more ranks) changes the draws, as in the published trainer, where each rank draws its own exit
-step.
+accumulation, more ranks) changes the draws, so distillation on N processes matches one process in
+distribution, not bit for bit (the teacher and the ODE init, whose draws are all per sample, match exactly).
+The one exception is the exit step under the trainer: it sets how many times the generator is called, and under
+FSDP every call is a collective, so it comes from `Batch.shared_seed`, the same on every rank at a micro-step
+(the published trainer draws it on rank 0 and broadcasts it).
 """
 
 from __future__ import annotations
@@ -151,14 +154,16 @@ class DistillTraining:
         )
 
     # --------------------------------------------------------------------------- the generated clip
-    def generate(self, batch: Batch, rng: torch.Generator) -> tuple[torch.Tensor, Logs]:
+    def generate(self, batch: Batch, rng: torch.Generator,
+                 exit_rng: torch.Generator | None = None) -> tuple[torch.Tensor, Logs]:
         """The generator's clip for this batch (B, F, C, H, W): gradient where the recipe puts it when grad
-        mode is on. For self-forcing rollouts longer than the window, only the last window is returned."""
+        mode is on. For self-forcing rollouts longer than the window, only the last window is returned.
+        `exit_rng` draws the exit step (default: `rng`); the updates pass one common to all ranks."""
         c = self.config
         if c.inputs == "self-forcing":
             shape = (batch.size, self.rollout_frames, *self.latent_shape)
             noise = torch.randn(shape, generator=rng).to(batch.context.device)
-            exit_step = sample_exit_step(len(self.timesteps), rng)
+            exit_step = sample_exit_step(len(self.timesteps), exit_rng or rng)
             out = self_forcing_rollout(
                 self.generator, batch.context, noise, flow=self.flow, timesteps=self.timesteps,
                 exit_step=exit_step, context_noise=c.context_noise, grad_frames=self.num_frames, rng=rng,
@@ -173,11 +178,19 @@ class DistillTraining:
         )
         return video, {}
 
+    @staticmethod
+    def _exit_rng(batch: Batch, salt: int) -> torch.Generator | None:
+        """The exit step's generator, from the rank-independent `batch.shared_seed` and the update's salt; None
+        without a shared seed (outside the trainer: the micro-batch's own generator draws it)."""
+        if batch.shared_seed is None:
+            return None
+        return torch.Generator().manual_seed(hash((batch.shared_seed, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+
     # --------------------------------------------------------------------------- the two updates
     def generator_loss(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         c = self.config
         rng = SampleRNG(batch.seeds).generator(salt=1)
-        video, logs = self.generate(batch, rng)
+        video, logs = self.generate(batch, rng, self._exit_rng(batch, salt=1))
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
         if c.loss == "dmd":
             loss, extra = dmd_loss(video, self.real, self.critic, self.flow, batch.context, batch.null_context,
@@ -194,7 +207,7 @@ class DistillTraining:
         c = self.config
         rng = SampleRNG(batch.seeds).generator(salt=0)
         with torch.no_grad():
-            video, _ = self.generate(batch, rng)
+            video, _ = self.generate(batch, rng, self._exit_rng(batch, salt=0))
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
         if c.loss == "gan":
             loss, extra = gan_discriminator_loss(

@@ -23,7 +23,7 @@ from ..diffusion.flow import FlowMatching
 from ..diffusion.samplers import cfg
 from ..models.wan import WanDiT
 from ..nn.masks import frame_blocks
-from .base import Batch, SampleRNG, Update
+from .base import Batch, SampleRNG, Update, unwrap
 
 __all__ = ["keep_indices", "sample_ode_trajectory", "ode_regression_loss", "ODEInitConfig", "ODEInitTraining"]
 
@@ -89,12 +89,12 @@ def ode_regression_loss(
     """Regress the clean end point from a random stored state per block, in one block-causal forward.
 
     Args:
-        generator: causal WanDiT.
+        generator: causal WanDiT (possibly wrapped for data parallelism).
         states: (B, S + 1, F, C, H, W) from `sample_ode_trajectory`, last = clean.
         timesteps: (S + 1,) timesteps of the states.
         context: (B, L, D).
     """
-    cfg_ = generator.config
+    cfg_ = unwrap(generator).config
     batch, num_states, num_frames = states.shape[:3]
     blocks = frame_blocks(num_frames, cfg_.num_frame_per_block, cfg_.independent_first_frame)
     num_blocks = int(blocks[-1]) + 1

@@ -2,7 +2,8 @@
 
 `load_wan_pipeline(model_dir, checkpoint)` assembles a `StreamingPipeline` from a local Wan2.1-T2V-1.3B
 folder, in Wan's original layout or the diffusers one (detected), and an official Self-Forcing checkpoint
-(`self_forcing_dmd.pt`). Without a checkpoint the base Wan transformer itself is loaded as a causal
+(`self_forcing_dmd.pt`) or a generator exported by `selfforcing train` on Wan latents (its stored config and
+few-step recipe are used). Without a checkpoint the base Wan transformer itself is loaded as a causal
 generator (useful only to test the plumbing: the base model is not trained for few-step causal sampling).
 
     pipe, spec = load_wan_pipeline("Wan2.1-T2V-1.3B", "checkpoints/self_forcing_dmd.pt", device="cuda",
@@ -12,6 +13,7 @@ generator (useful only to test the plumbing: the base model is not trained for f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -22,7 +24,7 @@ from ..config import WanConfig
 from ..io.checkpoints import CheckpointError, describe_checkpoint, load_transformer
 from ..models.wan_vae import WanVAE, find_wan_vae
 from ..text.umt5 import UMT5TextEncoder, find_umt5
-from .loading import PipelineSpec
+from .loading import PipelineSpec, read_pipeline_spec
 from .pipeline import SamplingConfig, StreamingPipeline
 from .speed import SpeedOptions
 
@@ -106,9 +108,15 @@ def load_wan_pipeline(
     if text_dtype is None:
         text_dtype = torch.bfloat16 if text_device.type == "cuda" else torch.float32
 
+    trained = read_pipeline_spec(checkpoint) if checkpoint is not None else None
+    if trained is not None and trained.codec != "wan-vae":
+        raise ValueError(f"{checkpoint} was trained with the {trained.codec} codec, not on Wan VAE latents: "
+                         "run it without --model-dir")
     if checkpoint is None:
         log.warning("no Self-Forcing checkpoint given: using the base Wan transformer as a causal generator")
         generator = load_transformer(model_dir, causal=True, overrides=overrides, device=device, dtype=dtype)
+    elif trained is not None:                        # exported by `selfforcing train`: its own config
+        generator = load_transformer(checkpoint, causal=True, overrides=overrides, device=device, dtype=dtype)
     else:
         # an official .pt has no config: take the shape from model_dir, the chunking from the release
         base = _base_config(model_dir)
@@ -131,6 +139,8 @@ def load_wan_pipeline(
     if height % step or width % step:
         raise ValueError(f"height and width must be multiples of {step}, got {height}x{width}")
     spec = wan_pipeline_spec(height, width, cfg.text_len)
+    if trained is not None:                          # the recipe it was trained for
+        spec = dataclasses.replace(spec, train_frames=trained.train_frames, sampling=trained.sampling)
     latent = (height // codec.spatial_factor, width // codec.spatial_factor)
     log.info("Wan2.1 pipeline (%s layout): generator %s on %s, UMT5 on %s, VAE on %s, %dx%d",
              layout, generator.dtype, device, text_encoder.device, codec.device, height, width)

@@ -6,6 +6,9 @@ A folder holds `shard_NNNNN.safetensors` files, each with
 - `context_index`: (N,) int64, the row of the prompt in `prompts.jsonl`,
 and a `prompts.jsonl` with one prompt per line. `ODEPairDataset` reads one sample at a time through
 `safe_open` slices, so the whole set never has to fit in memory. Shards are written atomically.
+
+A set sampled by several processes is a folder of such folders, `part-RRR-of-WWW/` (one per process);
+`ODEPairDataset` reads the shards at the top level and then every part, in name order, as one set.
 """
 
 from __future__ import annotations
@@ -89,23 +92,38 @@ class ODEPairWriter:
 
 
 class ODEPairDataset(torch.utils.data.Dataset):
-    """Map-style dataset of (states float32 (S+1, F, C, H, W), timesteps (S+1,), prompt)."""
+    """Map-style dataset of (states float32 (S+1, F, C, H, W), timesteps (S+1,), prompt).
+
+    Args:
+        root: a set written by one `ODEPairWriter`, or a folder of such sets in `part-*` sub-folders.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.shards = sorted(self.root.glob("shard_*.safetensors"))
+        folders = [self.root] + sorted(p for p in self.root.glob("part-*") if p.is_dir())
+        self.shards: list[Path] = []
+        self._shard_prompts: list[list[str]] = []        # the prompts.jsonl of each shard's folder
+        self.index: list[tuple[int, int]] = []
+        for folder in folders:
+            shards = sorted(folder.glob("shard_*.safetensors"))
+            if not shards:
+                continue
+            prompts = [json.loads(line)["prompt"] for line in (folder / "prompts.jsonl").read_text().splitlines()]
+            for path in shards:
+                with safe_open(str(path), framework="pt") as f:
+                    shape = f.get_slice("states").get_shape()
+                    timesteps = f.get_tensor("timesteps")
+                if not self.shards:
+                    self.timesteps = timesteps
+                    self.shape = tuple(shape[1:])                 # (S + 1, F, C, H, W) of one sample
+                elif tuple(shape[1:]) != self.shape or not torch.equal(timesteps, self.timesteps):
+                    raise ValueError(f"{path} does not match {self.shards[0]}: one set keeps one shape and one "
+                                     "list of timesteps")
+                self.index.extend((len(self.shards), i) for i in range(shape[0]))
+                self.shards.append(path)
+                self._shard_prompts.append(prompts)
         if not self.shards:
             raise ValueError(f"no ODE pairs (shard_*.safetensors) in {str(self.root)!r}")
-        self.prompts = [json.loads(line)["prompt"] for line in (self.root / "prompts.jsonl").read_text().splitlines()]
-        self.index: list[tuple[int, int]] = []
-        for s, path in enumerate(self.shards):
-            with safe_open(str(path), framework="pt") as f:
-                shape = f.get_slice("states").get_shape()
-                n = shape[0]
-                if s == 0:
-                    self.timesteps = f.get_tensor("timesteps")
-                    self.shape = tuple(shape[1:])                 # (S + 1, F, C, H, W) of one sample
-            self.index.extend((s, i) for i in range(n))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -114,5 +132,5 @@ class ODEPairDataset(torch.utils.data.Dataset):
         shard, row = self.index[i]
         with safe_open(str(self.shards[shard]), framework="pt") as f:
             states = f.get_slice("states")[row : row + 1][0].float()
-            prompt = self.prompts[int(f.get_slice("context_index")[row : row + 1][0])]
+            prompt = self._shard_prompts[shard][int(f.get_slice("context_index")[row : row + 1][0])]
         return states, self.timesteps, prompt

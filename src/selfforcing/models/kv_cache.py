@@ -13,6 +13,10 @@ grows, so the cost of a chunk stays constant however long the video runs.
 
 `CrossAttnCache` keeps the projected text keys and values of every layer: the text does not change
 during a video, so they are computed on the first call only.
+
+`KVContext` freezes what a gradient-carrying call attends to (the keys and values before its chunk), for
+activation checkpointing: a block recomputed in the backward runs after the rollout has moved the cache on,
+so it must read the context of its own call, not the cache.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KVCache", "CrossAttnCache"]
+__all__ = ["KVCache", "KVContext", "CrossAttnCache"]
 
 
 @dataclass
@@ -140,6 +144,43 @@ class KVCache:
         self.k[layer, :, lo : self.local_end] = k.to(self.k.dtype)
         self.v[layer, :, lo : self.local_end] = v.to(self.v.dtype)
         return self.k[layer, :, : self.local_end], self.v[layer, :, : self.local_end]
+
+    def frozen_context(self) -> "KVContext":
+        """The context of the chunk reserved by the last `advance`, as it is now (call after `advance`).
+
+        A global cache only ever writes at or past the current chunk, so a view stays valid; a rolling cache
+        moves tokens when it evicts, so its context is copied.
+        """
+        lo = self.local_end - self._chunk
+        k, v = self.k[:, :, :lo], self.v[:, :, :lo]
+        if self.rolling:
+            k, v = k.clone(), v.clone()
+        return KVContext(k=k, v=v, num_tokens=self._chunk)
+
+
+@dataclass
+class KVContext:
+    """The cached keys and values a gradient-carrying chunk attends to, frozen (see the module docstring).
+
+    `write` behaves like `KVCache.write` with gradient: the context as constants plus the chunk's own keys,
+    nothing stored (the cache-refill pass without gradient writes the chunk).
+
+    Attributes:
+        k, v: (layers, B, n_ctx, heads, d) the tokens before the chunk.
+        num_tokens: tokens of the chunk.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    num_tokens: int
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, n, heads, d) of the chunk -> keys, values (B, n_ctx + n, heads, d)."""
+        if k.shape[1] != self.num_tokens:
+            raise ValueError(f"the context was frozen for a {self.num_tokens}-token chunk, got {k.shape[1]}")
+        keys = torch.cat([self.k[layer], k.to(self.k.dtype)], dim=1)
+        values = torch.cat([self.v[layer], v.to(self.v.dtype)], dim=1)
+        return keys, values
 
 
 @dataclass

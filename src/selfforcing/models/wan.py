@@ -32,7 +32,7 @@ from ..config import WanConfig
 from ..nn.attention import attention
 from ..nn.masks import block_causal_mask, teacher_forcing_mask
 from ..nn.rope import apply_rope, rope_angles
-from .kv_cache import CrossAttnCache, KVCache
+from .kv_cache import CrossAttnCache, KVCache, KVContext
 
 __all__ = ["WanDiT", "sinusoidal_embedding"]
 
@@ -98,7 +98,7 @@ class _Projections(nn.Module):
 
 
 class SelfAttention(_Projections):
-    def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None):
+    def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | KVContext | None = None):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
         v = self.v(x).unflatten(-1, (self.num_heads, -1))                  # (B, N, h, d)
@@ -107,7 +107,7 @@ class SelfAttention(_Projections):
             k, v = self.cached_kv(kv_cache, k, v)                          # (B, N_cache, h, d)
         return self.o(attention(q, k, v, mask))
 
-    def cached_kv(self, kv_cache: KVCache, k, v):
+    def cached_kv(self, kv_cache: KVCache | KVContext, k, v):
         """Write this chunk's keys and values into the cache, return all visible ones. Kept apart from the
         math so `compile_model` can leave it eager: the cache positions change every chunk."""
         return kv_cache.write(self.layer, k, v)
@@ -186,8 +186,8 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList([WanBlock(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
-        # (a runtime switch, not part of the config; never with a KV cache, whose contents move on between the
-        # forward and the backward)
+        # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
+        # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
         self.gradient_checkpointing = False
         self.init_weights()
 
@@ -320,10 +320,11 @@ class WanDiT(nn.Module):
             ctx = self.embed_text(context)                                  # (B, text_len, D)
 
         hidden = []
-        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and kv_cache is None
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        frozen = kv_cache.frozen_context() if recompute and kv_cache is not None else None
         for i, block in enumerate(self.blocks):
             if recompute:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, cos, sin, mask, None, None,
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, cos, sin, mask, frozen, None,
                                                            use_reentrant=False)
             else:
                 tokens = block(tokens, e0, ctx, cos, sin, mask, kv_cache, cross_cache)

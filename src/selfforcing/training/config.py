@@ -34,14 +34,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training clips of the synthetic world (`selfforcing.world.WorldDataset`) and their captions.
+    """Training data: clips of the synthetic world (`selfforcing.world.WorldDataset`) and their captions, or
+    captions alone, or stored teacher trajectories; in the world codec's latent space or, at real scale, in a
+    given latent space (Wan VAE latents, `latent_shape`).
 
     Attributes:
-        source: "world" (rendered clips and their captions), "prompts" (captions only: prompt-only algorithms
-            such as Self-Forcing DMD / SiD need no videos) or "ode-pairs" (stored teacher trajectories and their
+        source: "world" (rendered clips and their captions), "prompts" (the world's captions only: prompt-only
+            algorithms such as Self-Forcing DMD / SiD need no videos), "prompt-file" (captions from a text file,
+            one per line, as the published system trains) or "ode-pairs" (stored teacher trajectories and their
             prompts, from `selfforcing ode-pairs`, for the ODE init).
         ode_pairs: the folder of ODE pairs (source "ode-pairs").
-        length: distinct training items (scenes) of one epoch (ignored for "ode-pairs": the stored set).
+        prompts_file: the caption file (source "prompt-file"); blank lines are skipped.
+        length: distinct training items (scenes) of one epoch (ignored for "ode-pairs" and "prompt-file": the
+            stored set, the file's prompts).
         seed: the world's scene stream (not the run seed).
         num_frames: F, frames per clip (one latent frame per frame with the space-to-depth codec).
         size: H = W in pixels.
@@ -49,16 +54,25 @@ class DataConfig:
         max_start_frame: clips start at a uniform frame in [0, max_start_frame], so objects are also seen
             mid-motion.
         detailed_caption_prob: probability of the detailed caption, otherwise the short one.
-        text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings) or "hash" (a tiny deterministic stand-in
-            for tests, no model to load).
-        text_max_length: tokens per caption; at most model.text_len.
+        text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings), "umt5" (Wan2.1's UMT5-XXL encoder, from
+            `text_encoder_path`) or "hash" (a tiny deterministic stand-in for tests, no model to load).
+        text_encoder_path: a Wan2.1 folder holding UMT5 (original or diffusers layout; text encoder "umt5").
+        text_max_length: tokens per caption; at most model.text_len (Wan: 512).
+        negative_prompt: the caption of the null context: the teacher's dropped prompt, and the negative prompt
+            of the guided real score (DMD / SiD) and of ODE-pair sampling (the published runs use Wan's
+            negative prompt; "" is the empty prompt).
         codec_patch: p of the lossless `SpaceToDepthCodec(p)` (latent channels 3 p²).
-        latent_norm: "world" (fixed per-channel normalisation, `models/codec.py`) or "none".
+        latent_norm: "world" (fixed per-channel normalisation, `models/codec.py`) or "none"; ignored with
+            `latent_shape` (Wan latents come normalised by the VAE).
+        latent_shape: (C, H, W) of a latent frame for runs without the world codec, e.g. (16, 60, 104) for Wan
+            VAE latents of 480x832 video; None: the world codec's (3 p², size / p, size / p). Such runs read
+            no videos (sources "prompt-file", "prompts", "ode-pairs").
         num_workers: DataLoader worker processes rendering clips (0: render in the training process).
     """
 
-    source: Literal["world", "prompts", "ode-pairs"] = "world"
+    source: Literal["world", "prompts", "prompt-file", "ode-pairs"] = "world"
     ode_pairs: str | None = None
+    prompts_file: str | None = None
     length: int = 100_000
     seed: int = 0
     num_frames: int = 21
@@ -66,10 +80,13 @@ class DataConfig:
     max_objects: int = 3
     max_start_frame: int = 32
     detailed_caption_prob: float = 0.5
-    text_encoder: Literal["minilm", "hash"] = "minilm"
+    text_encoder: Literal["minilm", "umt5", "hash"] = "minilm"
+    text_encoder_path: str | None = None
     text_max_length: int = 64
+    negative_prompt: str = ""
     codec_patch: int = 4
     latent_norm: Literal["world", "none"] = "world"
+    latent_shape: tuple[int, int, int] | None = None
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -83,6 +100,16 @@ class DataConfig:
             raise ValueError("max_start_frame and num_workers must be non-negative")
         if self.source == "ode-pairs" and not self.ode_pairs:
             raise ValueError("data.source=ode-pairs needs data.ode_pairs (a folder from `selfforcing ode-pairs`)")
+        if self.source == "prompt-file" and not self.prompts_file:
+            raise ValueError("data.source=prompt-file needs data.prompts_file (a text file, one prompt per line)")
+        if self.text_encoder == "umt5" and not self.text_encoder_path:
+            raise ValueError("data.text_encoder=umt5 needs data.text_encoder_path (a Wan2.1 folder)")
+        if self.latent_shape is not None:
+            if min(self.latent_shape) < 1:
+                raise ValueError(f"data.latent_shape must be positive (C, H, W), got {self.latent_shape}")
+            if self.source == "world":
+                raise ValueError("data.latent_shape is for runs without the world codec, which read no videos: "
+                                 "use source prompt-file, prompts or ode-pairs")
 
 
 @dataclass(frozen=True)
@@ -268,10 +295,14 @@ class TrainConfig:
         if self.data.text_max_length > self.model.text_len:
             raise ValueError(f"data.text_max_length {self.data.text_max_length} exceeds model.text_len "
                              f"{self.model.text_len}")
-        channels = 3 * self.data.codec_patch**2
+        channels, where = self.latent_channels, ("data.latent_shape" if self.data.latent_shape else "the codec")
         if self.model.in_dim != channels or self.model.out_dim != channels:
-            raise ValueError(f"the codec gives {channels} latent channels but model.in_dim / out_dim are "
+            raise ValueError(f"{where} gives {channels} latent channels but model.in_dim / out_dim are "
                              f"{self.model.in_dim} / {self.model.out_dim}")
+        self.model.tokens_per_frame(*self.latent_size)          # the latent frame must fit the patch
+        if self.data.latent_shape is not None and self.logging.sample_every:
+            raise ValueError("previews decode with the world codec: set logging.sample_every=0 for runs in a "
+                             "given latent space (data.latent_shape)")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -284,7 +315,17 @@ class TrainConfig:
         return config_from_dict(cls, data)
 
     @property
+    def latent_channels(self) -> int:
+        """C of a latent frame: `data.latent_shape`'s, or the world codec's 3 p²."""
+        if self.data.latent_shape is not None:
+            return self.data.latent_shape[0]
+        return 3 * self.data.codec_patch**2
+
+    @property
     def latent_size(self) -> tuple[int, int]:
+        """(H, W) of a latent frame: `data.latent_shape`'s, or the world codec's size / p."""
+        if self.data.latent_shape is not None:
+            return self.data.latent_shape[1], self.data.latent_shape[2]
         side = self.data.size // self.data.codec_patch
         return side, side
 
@@ -480,6 +521,83 @@ def df_world() -> TrainConfig:
     """Causal diffusion with Diffusion Forcing (independent noise level per block), from the teacher's weights."""
     return _world_stage("df-world", "world-causal", algorithm="causal-diffusion",
                         causal=CausalDiffusionConfig(teacher_forcing=False, init_from=WORLD_TEACHER))
+
+
+# ------------------------------------------------------------------------------------------------ real scale
+# Wan2.1-T2V-1.3B with the published recipe (spec §4): prompts only, UMT5-XXL text, Wan VAE latents of 480x832
+# video, bf16 autocast, activation checkpointing, FSDP2, global batch 64 (the paper: 64 GPUs x 1 clip; on 8 GPUs
+# set schedule.grad_accum=8). Paths default to the published repository's layout; give yours with --set:
+#   selfforcing ode-pairs WAN_DIR --prompts FILE --text-encoder-path WAN_DIR --latent-shape 16 60 104 \
+#       -o runs/ode-pairs-wan1.3b
+#   ode-init-wan1.3b -> runs/ode-init-wan1.3b/generator_ema.safetensors
+#   sf-dmd-wan1.3b (sf-sid-wan1.3b) -> runs/sf-dmd-wan1.3b/generator_ema.safetensors
+WAN_DIR = "wan_models/Wan2.1-T2V-1.3B"
+WAN_PROMPTS = "prompts/vidprom_filtered_extended.txt"
+WAN_ODE_PAIRS = "runs/ode-pairs-wan1.3b"
+WAN_ODE_INIT = "runs/ode-init-wan1.3b/generator_ema.safetensors"
+WAN_LATENT_SHAPE = (16, 60, 104)   # spec §0: 480x832 pixels through the VAE's stride 8, 16 latent channels
+WAN_FRAMES = 21                    # spec §0: 81 pixel frames -> 21 latent frames = 7 chunks of 3
+
+
+def _wan_data(**changes) -> DataConfig:
+    """Captions from the prompt file, UMT5 embeddings (512 tokens), 21-frame clips of Wan latents."""
+    return DataConfig(source="prompt-file", prompts_file=WAN_PROMPTS, num_frames=WAN_FRAMES, text_encoder="umt5",
+                      text_encoder_path=WAN_DIR, text_max_length=512, latent_shape=WAN_LATENT_SHAPE, **changes)
+
+
+def _wan_stage(name: str, **changes) -> TrainConfig:
+    """A real-scale stage: the causal Wan2.1-1.3B generator on UMT5 prompts and Wan latents, on GPUs."""
+    base = TrainConfig(
+        name=name, out_dir=f"runs/{name}", device="cuda", model=get_preset("self-forcing-1.3b"), data=_wan_data(),
+        schedule=ScheduleConfig(steps=600, batch_size=64, grad_accum=1, grad_clip=10.0),   # spec §4: clip 10
+        precision=PrecisionConfig(autocast="bf16"),
+        parallel=ParallelConfig(strategy="fsdp", activation_checkpointing=True),
+        ema=EMAConfig(decay=0.99, start_step=200),                                          # spec §4(b)
+        logging=LoggingConfig(every=10, sample_every=0),
+        checkpoint=CheckpointConfig(every=100, keep=3),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@_preset("ode-init-wan1.3b")
+def ode_init_wan() -> TrainConfig:
+    """ODE-regression init of the chunk-wise Wan2.1-1.3B generator from the base weights, on teacher
+    trajectories from `selfforcing ode-pairs` (spec §4(a): the published set has 16k). The spec gives no
+    optimiser for this stage: lr 2e-6 (the generator's DMD rate), AdamW (0.9, 0.999), 3000 steps of 64
+    (12 passes over 16k pairs) are our choice."""
+    return _wan_stage(
+        "ode-init-wan1.3b", algorithm="ode-init",
+        data=dataclasses.replace(_wan_data(), source="ode-pairs", ode_pairs=WAN_ODE_PAIRS),
+        ode_init=ODEInitConfig(init_from=WAN_DIR),
+        schedule=ScheduleConfig(steps=3000, batch_size=64, grad_accum=1, grad_clip=10.0),
+        optim=OptimConfig(lr=2e-6, betas=(0.9, 0.999), weight_decay=0.01, warmup_steps=0, decay="constant"),
+        checkpoint=CheckpointConfig(every=500, keep=3),
+    )
+
+
+def _sf_wan(name: str, **distill) -> TrainConfig:
+    """Self-Forcing at Wan2.1-1.3B (spec §4(b)): generator from the ODE init, critic and real score from the
+    base weights (the released config scores with the 14B model; 1.3B works), critic every step, generator
+    every 5th, AdamW β = (0, 0.999), weight decay 0.01, EMA 0.99 from step 200, 600 steps."""
+    published = dict(teacher=WAN_DIR, generator_init=WAN_ODE_INIT, generator_lr=2e-6, critic_lr=4e-7,
+                     generator_every=5, guidance=3.0)
+    d = DistillConfig(**(published | distill))
+    return _wan_stage(
+        name, algorithm="distill", distill=d,
+        optim=OptimConfig(lr=2e-6, betas=(0.0, 0.999), weight_decay=0.01, warmup_steps=0, decay="constant"),
+    )
+
+
+@_preset("sf-dmd-wan1.3b")
+def sf_dmd_wan() -> TrainConfig:
+    """Self-Forcing + DMD at Wan2.1-1.3B: the published recipe (prompts only)."""
+    return _sf_wan("sf-dmd-wan1.3b", loss="dmd")
+
+
+@_preset("sf-sid-wan1.3b")
+def sf_sid_wan() -> TrainConfig:
+    """Self-Forcing + SiD at Wan2.1-1.3B (spec §4(c): α = 1, critic lr 2e-6)."""
+    return _sf_wan("sf-sid-wan1.3b", loss="sid", critic_lr=2e-6, sid_alpha=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -1,4 +1,5 @@
-"""Training data: world clips in a fixed, resumable order, their captions, latents and per-sample seeds.
+"""Training data: world clips (or captions from a prompt file, or stored ODE pairs) in a fixed, resumable order,
+their captions, latents and per-sample seeds.
 
 Order. The samples of the run form one stream: global sample g = step · batch_size + position in the global
 batch. Epoch e = g // length visits the dataset in the order of a permutation seeded by (run seed, e). The
@@ -9,14 +10,20 @@ samples with the same randomness (`algorithms/base.py`).
 Slicing. With W ranks, A accumulation micro-steps and micro-batch b = batch_size / (W·A), micro-step m of
 rank r takes positions [(m·W + r)·b, (m·W + r + 1)·b) of the global batch.
 
-Captions. Each sample takes its detailed caption with probability `detailed_caption_prob`, otherwise the
-short one, drawn from its seed. Embeddings come from the (cached) text encoder in the training process.
+Shared seed. Every micro-batch also carries a seed that depends only on (run seed, step, micro-step), the same on
+every rank: the draws that decide how many times a network is called (Self-Forcing's exit step) come from it,
+because under FSDP every call is a collective (`algorithms/base.py`).
+
+Captions. Each world sample takes its detailed caption with probability `detailed_caption_prob`, otherwise the
+short one, drawn from its seed; a prompt file gives one caption per line. Embeddings come from the (cached) text
+encoder in the training process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +38,12 @@ from ..world.scene import stable_hash
 from .config import DataConfig, TrainConfig
 
 __all__ = [
-    "HashTextEncoder", "make_text_encoder", "latent_norm", "sample_index", "sample_seed", "micro_positions",
-    "MicroBatches", "make_loader", "to_batch",
+    "HashTextEncoder", "make_text_encoder", "read_prompt_file", "latent_norm", "sample_index", "sample_seed",
+    "shared_seed", "micro_positions", "MicroBatches", "make_loader", "to_batch",
 ]
+
+# UMT5 embeddings are (512, 4096) float32, 8 MiB a prompt: keep few (the negative prompt stays cached).
+UMT5_CACHE_SIZE = 64
 
 
 class HashTextEncoder(TextEncoder):
@@ -56,9 +66,22 @@ class HashTextEncoder(TextEncoder):
         return out
 
 
-def make_text_encoder(config: DataConfig, text_dim: int) -> TextEncoder:
+def make_text_encoder(config: DataConfig, text_dim: int, device: torch.device | str = "cpu") -> TextEncoder:
+    """The run's frozen text encoder. UMT5 runs on `device` (bfloat16 on a GPU, as Wan runs it; float32 on
+    the CPU); the others on the CPU."""
     if config.text_encoder == "hash":
         return HashTextEncoder(text_dim, config.text_max_length)
+    if config.text_encoder == "umt5":
+        from ..text.umt5 import UMT5TextEncoder
+
+        device = torch.device(device)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        encoder = UMT5TextEncoder.from_pretrained(config.text_encoder_path, device=device, dtype=dtype,
+                                                  max_length=config.text_max_length, cache_size=UMT5_CACHE_SIZE)
+        if encoder.dim != text_dim:
+            raise ValueError(f"the UMT5 encoder in {config.text_encoder_path} is {encoder.dim} wide but "
+                             f"model.text_dim is {text_dim}")
+        return encoder
     from ..text.encoders import MiniLMTextEncoder
 
     encoder = MiniLMTextEncoder(max_length=config.text_max_length)
@@ -67,7 +90,22 @@ def make_text_encoder(config: DataConfig, text_dim: int) -> TextEncoder:
     return encoder
 
 
+def read_prompt_file(path: str) -> list[str]:
+    """The prompts of a text file, one per line, stripped; blank lines skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"prompt file {path!r} does not exist")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path!r} holds no prompts")
+    return prompts
+
+
 def latent_norm(config: DataConfig) -> LatentNorm:
+    """The world codec's latent normalisation; the identity for runs in a given latent space (Wan latents come
+    normalised by the VAE)."""
+    if config.latent_shape is not None:
+        return IDENTITY_LATENT_NORM
     return WORLD_LATENT_NORM if config.latent_norm == "world" else IDENTITY_LATENT_NORM
 
 
@@ -88,6 +126,12 @@ def sample_seed(g: int, seed: int) -> int:
     return (int(hi) & 0x7FFFFFFF) << 32 | int(lo)
 
 
+def shared_seed(step: int, micro: int, seed: int) -> int:
+    """A 63-bit seed common to all ranks at micro-step `micro` of optimizer step `step`."""
+    hi, lo = np.random.SeedSequence([seed, step, micro, 0x5A4ED]).generate_state(2, np.uint32)
+    return (int(hi) & 0x7FFFFFFF) << 32 | int(lo)
+
+
 def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int, micro: int) -> range:
     """Positions in the global batch of micro-step `micro` of rank `rank` (see the module docstring)."""
     b = batch_size // (grad_accum * world_size)
@@ -98,9 +142,10 @@ def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int
 class MicroBatches(Dataset):
     """Item k is micro-batch k of this rank: step k // A, micro-step k % A.
 
-    Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices, and by
-    `data.source`: "video" (b, F, 3, H, W) in [-1, 1] (world), or "trajectory" (b, S + 1, F, C, h, w) and
-    "trajectory_timesteps" (S + 1,) (ode-pairs; the states are already normalised latents).
+    Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices,
+    "shared_seed" (an int, the same on every rank), and by `data.source`: "video" (b, F, 3, H, W) in [-1, 1]
+    (world), or "trajectory" (b, S + 1, F, C, h, w) and "trajectory_timesteps" (S + 1,) (ode-pairs; the states
+    are already normalised latents).
     """
 
     def __init__(self, config: TrainConfig, world_size: int = 1, rank: int = 0):
@@ -108,21 +153,29 @@ class MicroBatches(Dataset):
         if s.batch_size % (s.grad_accum * world_size):
             raise ValueError(f"schedule.batch_size {s.batch_size} is not divisible by grad_accum {s.grad_accum} "
                              f"x world size {world_size}")
-        self.world = WorldDataset(WorldDataConfig(
-            length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size, max_objects=d.max_objects,
-            max_start_frame=d.max_start_frame,
-        ))
-        self.pairs = None
+        self.world = self.pairs = self.prompts = None
         self.length = d.length
-        if d.source == "ode-pairs":
+        if d.source in ("world", "prompts"):
+            self.world = WorldDataset(WorldDataConfig(
+                length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size, max_objects=d.max_objects,
+                max_start_frame=d.max_start_frame,
+            ))
+        elif d.source == "prompt-file":
+            self.prompts = read_prompt_file(d.prompts_file)
+            self.length = len(self.prompts)
+        else:
             from ..io.ode_pairs import ODEPairDataset
 
             self.pairs = ODEPairDataset(d.ode_pairs)
             self.length = len(self.pairs)
-            frames = int(self.pairs.shape[1])
+            frames, shape = int(self.pairs.shape[1]), tuple(self.pairs.shape[2:])
             if frames != d.num_frames:
                 raise ValueError(f"the ODE pairs in {d.ode_pairs} have {frames} frames but data.num_frames is "
                                  f"{d.num_frames}")
+            expected = (config.latent_channels, *config.latent_size)
+            if shape != expected:
+                raise ValueError(f"the ODE pairs in {d.ode_pairs} hold {shape} latent frames but the run's are "
+                                 f"{expected} (data.latent_shape or the world codec)")
         self.config, self.world_size, self.rank = config, world_size, rank
 
     def __len__(self) -> int:
@@ -140,6 +193,8 @@ class MicroBatches(Dataset):
                 states, timesteps, prompt = self.pairs[index]
                 trajectories.append(states)
                 captions.append(prompt)
+            elif d.source == "prompt-file":
+                captions.append(self.prompts[index])
             else:
                 if d.source == "world":
                     video, short, detailed, _ = self.world[index]
@@ -154,6 +209,7 @@ class MicroBatches(Dataset):
             "captions": captions,
             "seeds": torch.tensor(seeds, dtype=torch.int64),                # (b,)
             "indices": torch.tensor(indices, dtype=torch.int64),            # (b,)
+            "shared_seed": shared_seed(step, micro, self.config.seed),
         }
         if videos:
             item["video"] = torch.stack(videos)                             # (b, F, 3, H, W)
@@ -176,12 +232,14 @@ def make_loader(config: TrainConfig, start_step: int, world_size: int = 1, rank:
 
 @dataclass
 class LatentEncoder:
-    """Pixels -> normalised latents, and captions -> embeddings, on the training device."""
+    """Pixels -> normalised latents, and captions (and the negative prompt) -> embeddings, on the training
+    device."""
 
     codec: SpaceToDepthCodec
     norm: LatentNorm
     text_encoder: TextEncoder
     device: torch.device
+    negative_prompt: str = ""
 
     def __call__(self, raw: dict) -> Batch:
         x_0 = trajectory = timesteps = None
@@ -192,12 +250,14 @@ class LatentEncoder:
             trajectory = raw["trajectory"].to(self.device)                  # (b, S + 1, F, C, h, w)
             timesteps = raw["trajectory_timesteps"].to(self.device)
         context = self.text_encoder.encode(raw["captions"]).to(self.device) # (b, L, text_dim)
-        null = self.text_encoder.encode([""]).to(self.device).expand_as(context)
+        null = self.text_encoder.encode([self.negative_prompt]).to(self.device).expand_as(context)
+        shared = raw.get("shared_seed")
         return Batch(context=context, null_context=null, seeds=raw["seeds"], x_0=x_0, trajectory=trajectory,
-                     trajectory_timesteps=timesteps, prompts=list(raw["captions"]))
+                     trajectory_timesteps=timesteps, prompts=list(raw["captions"]),
+                     shared_seed=None if shared is None else int(shared))
 
 
 def to_batch(config: TrainConfig, text_encoder: TextEncoder, device: torch.device | str) -> LatentEncoder:
     """The function turning a loader item into a `Batch` on `device`."""
     return LatentEncoder(SpaceToDepthCodec(config.data.codec_patch), latent_norm(config.data), text_encoder,
-                         torch.device(device))
+                         torch.device(device), config.data.negative_prompt)

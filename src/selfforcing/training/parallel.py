@@ -94,12 +94,21 @@ def apply_ddp(model: nn.Module, ctx: ParallelContext) -> nn.Module:
 
 
 def apply_fsdp(model: nn.Module, ctx: ParallelContext) -> nn.Module:
-    """FSDP2: shard every transformer block, then the rest (embeddings, head) at the root; in place."""
+    """FSDP2: shard every transformer block (also those of a GAN discriminator's backbone), then the rest
+    (embeddings, head, discriminator head) at the root; in place.
+
+    Several forwards before one backward (the Self-Forcing rollout calls the generator once per chunk and
+    denoising step) are fine: each call gathers the blocks it runs, and in the backward each gradient-carrying
+    call's part is reduce-scattered as it completes and summed into the sharded gradient (tested against DDP).
+    Every call is a collective, so all ranks must make the same calls.
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from ..models.wan import WanBlock
+
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-    for block in getattr(model, "blocks", []):
+    for block in [m for m in model.modules() if isinstance(m, WanBlock)]:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model

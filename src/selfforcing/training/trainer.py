@@ -41,10 +41,12 @@ from ..config import WanConfig
 from ..inference.loading import PipelineSpec
 from ..inference.pipeline import SamplingConfig, StreamingPipeline
 from ..inference.teacher import decode_to_uint8, sample_teacher
+from ..inference.wan import wan_pipeline_spec
 from ..io.checkpoints import load_transformer
 from ..models.codec import SpaceToDepthCodec
 from ..models.discriminator import Discriminator
 from ..models.wan import WanDiT
+from ..models.wan_vae import WanVAE
 from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
 from . import parallel
@@ -125,9 +127,9 @@ def _distill_networks(config: TrainConfig) -> dict[str, nn.Module]:
 
 
 def _build_distill(config: TrainConfig, nets: dict[str, nn.Module]) -> DistillTraining:
-    channels = 3 * config.data.codec_patch**2
     return DistillTraining(config.distill, nets["generator"], nets["critic"], nets.get("real"),
-                           num_frames=config.data.num_frames, latent_shape=(channels, *config.latent_size))
+                           num_frames=config.data.num_frames,
+                           latent_shape=(config.latent_channels, *config.latent_size))
 
 
 def _teacher_preview(config: TrainConfig, model: nn.Module, context, null_context, seed: int) -> torch.Tensor:
@@ -217,7 +219,14 @@ def lr_at(optim: OptimConfig, step: int, total_steps: int) -> float:
 
 
 def _pipeline_spec(config: TrainConfig) -> PipelineSpec:
+    """How the exported network is run: the world's codec and text encoder, or, for a run on Wan latents
+    (`data.latent_shape`), the Wan VAE and UMT5 of `selfforcing generate --model-dir`."""
     d = config.data
+    if d.latent_shape is not None:
+        height, width = (n * WanVAE.spatial_factor for n in config.latent_size)
+        return dataclasses.replace(wan_pipeline_spec(height, width, config.model.text_len),
+                                   text_max_length=d.text_max_length, train_frames=d.num_frames,
+                                   sampling=_sampling(config))
     norm = latent_norm(d)
     return PipelineSpec(
         height=d.size, width=d.size, codec=f"space-to-depth-{d.codec_patch}", latent_mean=norm.mean,
@@ -426,7 +435,7 @@ class Trainer:
         """
         cfg, ctx = self.config, self.ctx
         until = min(until or cfg.schedule.steps, cfg.schedule.steps)
-        text_encoder = make_text_encoder(cfg.data, cfg.model.text_dim)
+        text_encoder = make_text_encoder(cfg.data, cfg.model.text_dim, ctx.device)
         make_batch = to_batch(cfg, text_encoder, ctx.device)
         loader = iter(make_loader(cfg, self.step, ctx.world_size, ctx.rank))
         writer = self._writer() if ctx.is_main else None
