@@ -270,3 +270,22 @@ def test_calibration_table_orders_real_above_every_corruption(capsys):
     for name, scores in table.items():
         if name != "real":
             assert scores["total"] < table["real"]["total"] - 5, name
+
+
+def test_speed_options_reach_the_generator(tmp_path, monkeypatch):
+    import torch
+
+    from selfforcing.inference import loading
+
+    seen = {}
+
+    def fake_load_pipeline(path, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(loading, "load_pipeline", fake_load_pipeline)
+    checkpoint = tmp_path / "generator.safetensors"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(ValueError, match="stop here"):
+        eval_cli.run(parse("--checkpoint", str(checkpoint), "--dtype", "float16", "--fp8"))
+    assert seen["dtype"] == torch.float16 and seen["fp8"] and not seen["compile"]

@@ -47,15 +47,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--reference", type=int, default=DEFAULT_REFERENCE,
                    help="real videos for the Fréchet distance (0: skip it)")
     p.add_argument("--device", default="cpu", help="torch device for generation")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="generator precision (--checkpoint; default: float32 on the CPU): its quality cost")
+    p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the blocks (--checkpoint): its quality cost")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks (--checkpoint)")
     p.set_defaults(func=run)
     return p
 
 
 def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu", *,
-                     overrides: dict | None = None, text_encoder=None) -> tuple[list, int]:
+                     overrides: dict | None = None, text_encoder=None, dtype=None, fp8: bool = False,
+                     compile: bool = False) -> tuple[list, int]:
     """Roll the generator out on the first `n` held-out prompts.
 
     Args:
+        dtype, fp8, compile: the speed and precision options of `load_pipeline` (to measure their quality cost).
         overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
         text_encoder: an already built text encoder to reuse (None: the one the checkpoint's spec names).
     Returns:
@@ -66,7 +72,8 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     from selfforcing.inference.loading import load_pipeline
     from selfforcing.world import extend_prompt, heldout_prompts, to_uint8
 
-    pipe, spec = load_pipeline(checkpoint, device=device, overrides=overrides, text_encoder=text_encoder)
+    pipe, spec = load_pipeline(checkpoint, device=device, overrides=overrides, text_encoder=text_encoder, dtype=dtype,
+                               fp8=fp8, compile=compile)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     if frames % factor:
@@ -108,8 +115,12 @@ def run(args: argparse.Namespace) -> Report:
     else:
         if not Path(args.checkpoint).exists():
             raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
+        import torch
+
+        dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
         items, fps = generate_heldout(args.checkpoint, args.n or DEFAULT_PROMPTS, args.frames, args.seed,
-                                      getattr(args, "device", "cpu"))
+                                      getattr(args, "device", "cpu"), dtype=dtype, fp8=getattr(args, "fp8", False),
+                                      compile=getattr(args, "compile", False))
         report = evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
     return report
