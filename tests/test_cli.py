@@ -90,3 +90,14 @@ def test_generate_with_a_bidirectional_teacher(tmp_path):
     out = tmp_path / "t.mp4"
     assert main(["generate", "a blue square", "-o", str(out), "--checkpoint", str(path), "--frames", "5"]) == 0
     assert iio.imread(out).shape == (5, 64, 64, 3)
+
+
+def test_generate_past_the_training_length_rolls_the_cache(checkpoint, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "long.mp4"
+    with caplog.at_level(logging.INFO):
+        assert main(["generate", "a red circle moves right", "-o", str(out), "--checkpoint", str(checkpoint),
+                     "--frames", "30"]) == 0
+    assert "rolling cache of 6 frames (3 sink)" in caplog.text
+    assert iio.imread(out).shape[0] == 30

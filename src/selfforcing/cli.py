@@ -37,7 +37,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--low-memory", action="store_true", help="keep the text encoder on the CPU (with --model-dir)")
     p.add_argument("--no-extend", action="store_true", help="use the prompt as given, without the prompt extender")
     p.add_argument("--local-attn-size", type=int, default=None,
-                   help="rolling-cache window in latent frames, for videos past the training length")
+                   help="rolling-cache window in latent frames (default past the training length: the training "
+                        "window, with one block of sink frames)")
     p.add_argument("--sink-size", type=int, default=None, help="sink frames kept by the rolling cache")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -153,8 +154,19 @@ def cmd_generate(args) -> None:
     except ValueError as err:
         raise UsageError(f"--frames {num_pixel}: {err}") from None
     if cfg.causal and not cfg.rolling and num_latent > spec.train_frames:
-        log.warning("%d frames is past the training length %d with a global cache; "
-                    "pass --local-attn-size for a rolling cache", num_latent, spec.train_frames)
+        if args.model_dir is None and args.local_attn_size is None:
+            # past the training length: a rolling cache over the training window, its first block as the sink
+            k = cfg.num_frame_per_block
+            window = max(spec.train_frames - spec.train_frames % k, 2 * k)
+            overrides = {"local_attn_size": window, "sink_size": k if args.sink_size is None else args.sink_size}
+            log.info("%d latent frames is past the training length %d: rolling cache of %d frames (%d sink)",
+                     num_latent, spec.train_frames, window, overrides["sink_size"])
+            pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides,
+                                       compile=args.compile, fp8=args.fp8)
+            cfg = pipe.config
+        else:
+            log.warning("%d frames is past the training length %d with a global cache; "
+                        "pass --local-attn-size for a rolling cache", num_latent, spec.train_frames)
 
     prompt = args.prompt
     if spec.prompt_extender == "world" and not args.no_extend:
