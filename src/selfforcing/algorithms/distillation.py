@@ -215,7 +215,8 @@ class DistillTraining:
                 r1_weight=c.r1_weight, r2_weight=c.r2_weight, r_sigma=c.r_sigma, **kw)
         else:
             loss, extra = critic_loss(video, self.critic, self.flow, batch.context, **kw)
-        return loss, {"loss": loss.detach(), **{k.replace("/", "_"): v for k, v in extra.items() if k != "critic/loss"}}
+        logs = {k.removeprefix("critic/").replace("/", "_"): v for k, v in extra.items() if k != "critic/loss"}
+        return loss, {"loss": loss.detach(), **logs}
 
     def _real_clip(self, batch: Batch) -> torch.Tensor:
         if batch.x_0 is None:
