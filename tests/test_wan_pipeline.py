@@ -112,3 +112,33 @@ def test_cli_generate_with_model_dir(tmp_path, layout):
     assert iio.imread(out).shape[0] == 21
     assert main(["generate", "a cat", "-o", str(out), "--model-dir", str(model_dir), "--frames", "20",
                  "--height", "32", "--width", "32"]) == 2
+
+
+def test_cli_generate_with_the_taehv_decoder(files, tmp_path):
+    """--taehv swaps the Wan VAE for the tiny decoder: same frame count, a clear error without --model-dir."""
+    from selfforcing.cli import main
+    from selfforcing.models.taehv import TAEHVDecoderNet
+    import imageio.v3 as iio
+
+    dirs, pt = files
+    torch.manual_seed(0)
+    taehv = tmp_path / "taew2_1.pth"
+    torch.save(TAEHVDecoderNet().state_dict(), taehv)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "a cat", "-o", str(out), "--model-dir", str(dirs["original"]), "--checkpoint", str(pt),
+                 "--height", "32", "--width", "32", "--frames", "9", "--taehv", str(taehv)]) == 0
+    assert iio.imread(out).shape == (9, 32, 32, 3)
+    assert main(["generate", "a cat", "-o", str(out), "--taehv", str(taehv)]) == 2
+    assert main(["generate", "a cat", "-o", str(out), "--model-dir", str(dirs["original"]),
+                 "--taehv", str(tmp_path / "missing.pth")]) == 2
+
+
+def test_text_encoder_leaves_a_small_gpu(monkeypatch):
+    """The original keeps UMT5 off GPUs with under 40 GB free; CPU runs keep it with the generator."""
+    from selfforcing.inference import wan
+
+    assert wan.default_text_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (24 * 1024**3, 80 * 1024**3))
+    assert wan.default_text_device(torch.device("cuda:0")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * 1024**3, 80 * 1024**3))
+    assert wan.default_text_device(torch.device("cuda:0")) == torch.device("cuda:0")

@@ -35,6 +35,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--height", type=int, default=480, help="pixel height with --model-dir (default: 480)")
     p.add_argument("--width", type=int, default=832, help="pixel width with --model-dir (default: 832)")
     p.add_argument("--low-memory", action="store_true", help="keep the text encoder on the CPU (with --model-dir)")
+    p.add_argument("--taehv", default=None, metavar="PATH",
+                   help="decode with the tiny TAEHV decoder (taew2_1.pth) instead of the Wan VAE: faster, slightly "
+                        "less faithful (with --model-dir)")
     p.add_argument("--no-extend", action="store_true", help="use the prompt as given, without the prompt extender")
     p.add_argument("--local-attn-size", type=int, default=None,
                    help="rolling-cache window in latent frames (default past the training length: the training "
@@ -126,6 +129,10 @@ def cmd_generate(args) -> None:
         raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.model_dir is not None and not Path(args.model_dir).is_dir():
         raise UsageError(f"model directory {args.model_dir!r} does not exist")
+    if args.taehv is not None and args.model_dir is None:
+        raise UsageError("--taehv decodes Wan latents: use it with --model-dir")
+    if args.taehv is not None and not Path(args.taehv).exists():
+        raise UsageError(f"TAEHV weights {args.taehv!r} do not exist")
     check_writable(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,7 +145,7 @@ def cmd_generate(args) -> None:
         pipe, spec = load_wan_pipeline(
             args.model_dir, args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
             text_device="cpu" if args.low_memory else None, height=args.height, width=args.width,
-            compile=args.compile, fp8=args.fp8,
+            compile=args.compile, fp8=args.fp8, taehv=args.taehv,
         )
     else:
         pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,

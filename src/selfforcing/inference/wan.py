@@ -22,13 +22,14 @@ import torch
 
 from ..config import WanConfig
 from ..io.checkpoints import CheckpointError, describe_checkpoint, load_transformer
+from ..models.taehv import TAEHVCodec
 from ..models.wan_vae import WanVAE, find_wan_vae
 from ..text.umt5 import UMT5TextEncoder, find_umt5
 from .loading import PipelineSpec, read_pipeline_spec
 from .pipeline import SamplingConfig, StreamingPipeline
 from .speed import SpeedOptions
 
-__all__ = ["load_wan_pipeline", "wan_pipeline_spec", "detect_wan_layout", "SELF_FORCING_SAMPLING"]
+__all__ = ["load_wan_pipeline", "default_text_device", "wan_pipeline_spec", "detect_wan_layout", "SELF_FORCING_SAMPLING"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,20 @@ def detect_wan_layout(model_dir: str | os.PathLike) -> str:
     return text_layout
 
 
+LOW_MEMORY_BYTES = 40 * 1024**3   # below this much free GPU memory UMT5 stays on the CPU (spec §5)
+
+
+def default_text_device(device: torch.device) -> torch.device:
+    """Where UMT5 runs when not told: with the generator, unless that is a GPU with under 40 GB free."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < LOW_MEMORY_BYTES:
+        log.info("%.1f GB free on %s: the text encoder runs on the CPU (low-memory mode)", free / 1024**3, device)
+        return torch.device("cpu")
+    return device
+
+
 def _base_config(model_dir: Path) -> WanConfig | None:
     """The transformer config stored in `model_dir`, or None if it holds no transformer."""
     try:
@@ -77,6 +92,7 @@ def load_wan_pipeline(
     width: int = 832,
     compile: bool = False,
     fp8: bool = False,
+    taehv: str | os.PathLike | None = None,
 ) -> tuple[StreamingPipeline, PipelineSpec]:
     """Build a streaming text-to-video pipeline from a Wan2.1 folder and a Self-Forcing checkpoint.
 
@@ -87,7 +103,8 @@ def load_wan_pipeline(
             layout `load_transformer` reads. None loads the base transformer of `model_dir` made causal.
         device, dtype: where and in which precision the generator and the VAE's input run; dtype None keeps
             the checkpoint's.
-        text_device: where UMT5 runs; None = `device`. "cpu" keeps the 5.7B-parameter encoder off the GPU.
+        text_device: where UMT5 runs; None = `device`, except on a CUDA device with less than 40 GB free, where
+            it stays on the CPU (as the original switches). "cpu" keeps the 5.7B-parameter encoder off the GPU.
         text_dtype: UMT5's dtype; None = bfloat16 on a GPU (as Wan runs it), float32 on the CPU.
         vae_dtype: the VAE's dtype; None = float32 (as Wan runs it).
         use_ema: take `generator_ema` from an official `.pt` when present.
@@ -95,6 +112,8 @@ def load_wan_pipeline(
             frame-wise checkpoint, {"local_attn_size": 12, "sink_size": 3} for a rolling window.
         height, width: pixel size; both must be multiples of 16 (VAE stride 8 times patch 2).
         compile, fp8: speed options of the generator, as in `load_pipeline`.
+        taehv: TAEHV weights (`taew2_1.pth`, or a folder holding it): decode with this tiny decoder instead of
+            the Wan VAE (faster, slightly less faithful; the VAE is then not loaded).
     Returns:
         (pipeline, spec). `pipeline.stream(prompt, num_frames=F, seeds=s)` yields chunks whose `frames` are
         decoded as they finish; F latent frames give 4(F - 1) + 1 pixel frames.
@@ -104,7 +123,7 @@ def load_wan_pipeline(
         raise FileNotFoundError(f"Wan2.1 model folder not found: {model_dir}")
     layout = detect_wan_layout(model_dir)            # fail fast, before reading the generator
     device = torch.device(device)
-    text_device = torch.device(text_device) if text_device is not None else device
+    text_device = torch.device(text_device) if text_device is not None else default_text_device(device)
     if text_dtype is None:
         text_dtype = torch.bfloat16 if text_device.type == "cuda" else torch.float32
 
@@ -131,7 +150,10 @@ def load_wan_pipeline(
     )
     if text_encoder.dim != cfg.text_dim:
         raise ValueError(f"UMT5 gives {text_encoder.dim}-wide embeddings, the generator takes {cfg.text_dim}")
-    codec = WanVAE.from_pretrained(model_dir, device=device, dtype=vae_dtype or torch.float32)
+    if taehv is not None:
+        codec = TAEHVCodec.from_file(taehv, device=device, dtype=vae_dtype or torch.float32)
+    else:
+        codec = WanVAE.from_pretrained(model_dir, device=device, dtype=vae_dtype or torch.float32)
     if codec.latent_channels != cfg.in_dim:
         raise ValueError(f"the VAE gives {codec.latent_channels} latent channels, the generator takes {cfg.in_dim}")
 
@@ -142,8 +164,8 @@ def load_wan_pipeline(
     if trained is not None:                          # the recipe it was trained for
         spec = dataclasses.replace(spec, train_frames=trained.train_frames, sampling=trained.sampling)
     latent = (height // codec.spatial_factor, width // codec.spatial_factor)
-    log.info("Wan2.1 pipeline (%s layout): generator %s on %s, UMT5 on %s, VAE on %s, %dx%d",
-             layout, generator.dtype, device, text_encoder.device, codec.device, height, width)
+    log.info("Wan2.1 pipeline (%s layout): generator %s on %s, UMT5 on %s, %s on %s, %dx%d", layout,
+             generator.dtype, device, text_encoder.device, type(codec).__name__, codec.device, height, width)
     SpeedOptions(compile=compile, fp8=fp8).apply(generator)
     pipe = StreamingPipeline(generator, latent, text_encoder=text_encoder, codec=codec, sampling=spec.sampling)
     return pipe, spec
