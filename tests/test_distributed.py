@@ -65,3 +65,16 @@ def test_fsdp_matches_single_process_and_resumes_anywhere(tmp_path, single):
     assert trainer.step == 2
     trainer.fit()
     assert_same_weights(single, resumed_dir)
+
+
+def test_fsdp_mixed_precision_computes_in_bf16_and_keeps_fp32_shards(tmp_path, single):
+    torchrun(tmp_path, "parallel.strategy=fsdp", "parallel.fsdp_param_dtype=bfloat16")
+    wa, wb = load_file(single / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in wb.values())
+    diffs = [(wb[k] - wa[k]).abs().max().item() for k in wa]
+    assert 0 < max(diffs) < 2e-2                                   # bf16 compute: close to, not equal to, fp32
+
+
+def test_mixed_precision_needs_fsdp():
+    with pytest.raises(ValueError, match="strategy=fsdp"):
+        resolve_config("teacher-tiny", ["parallel.fsdp_param_dtype=bfloat16"], None)

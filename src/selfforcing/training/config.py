@@ -245,11 +245,20 @@ class ParallelConfig:
         activation_checkpointing: recompute each transformer block in the backward instead of storing its
             activations (all trained networks; also in a single process): less memory for one more forward
             of each block in the backward.
+        fsdp_param_dtype: FSDP2 mixed precision (`MixedPrecisionPolicy`): the dtype parameters are gathered and
+            computed in; the sharded master weights and the optimizer state stay fp32. "float32" = off.
+        fsdp_reduce_dtype: the dtype gradients are reduce-scattered in (fp32 keeps the sum exact across ranks).
     """
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     activation_checkpointing: bool = False
+    fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    fsdp_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.strategy != "fsdp" and (self.fsdp_param_dtype, self.fsdp_reduce_dtype) != ("float32", "float32"):
+            raise ValueError("parallel.fsdp_param_dtype / fsdp_reduce_dtype need parallel.strategy=fsdp")
 
 
 @dataclass(frozen=True)

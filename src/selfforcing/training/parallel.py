@@ -93,7 +93,8 @@ def apply_ddp(model: nn.Module, ctx: ParallelContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def apply_fsdp(model: nn.Module, ctx: ParallelContext) -> nn.Module:
+def apply_fsdp(model: nn.Module, ctx: ParallelContext, param_dtype: str = "float32",
+               reduce_dtype: str = "float32") -> nn.Module:
     """FSDP2: shard every transformer block (also those of a GAN discriminator's backbone), then the rest
     (embeddings, head, discriminator head) at the root; in place.
 
@@ -101,27 +102,33 @@ def apply_fsdp(model: nn.Module, ctx: ParallelContext) -> nn.Module:
     denoising step) are fine: each call gathers the blocks it runs, and in the backward each gradient-carrying
     call's part is reduce-scattered as it completes and summed into the sharded gradient (tested against DDP).
     Every call is a collective, so all ranks must make the same calls.
+
+    param_dtype / reduce_dtype: FSDP2's `MixedPrecisionPolicy`: gathered parameters are cast to param_dtype
+    for the forward and backward, gradients reduce-scattered in reduce_dtype; the shards stay fp32.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from ..models.wan import WanBlock
 
+    policy = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=getattr(torch, reduce_dtype))
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     for block in [m for m in model.modules() if isinstance(m, WanBlock)]:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
-def parallelize(model: nn.Module, ctx: ParallelContext, strategy: str) -> nn.Module:
-    """The module to call in training: `model` itself in one process, else wrapped / sharded per `strategy`."""
+def parallelize(model: nn.Module, ctx: ParallelContext, strategy: str, param_dtype: str = "float32",
+                reduce_dtype: str = "float32") -> nn.Module:
+    """The module to call in training: `model` itself in one process, else wrapped / sharded per `strategy`
+    (param_dtype / reduce_dtype: FSDP's mixed precision)."""
     if not ctx.distributed:
         return model
     if strategy == "ddp":
         return apply_ddp(model, ctx)
     if strategy == "fsdp":
-        return apply_fsdp(model, ctx)
+        return apply_fsdp(model, ctx, param_dtype, reduce_dtype)
     raise ValueError(f"unknown parallel strategy {strategy!r} (ddp or fsdp)")
 
 

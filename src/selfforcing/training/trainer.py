@@ -277,8 +277,10 @@ class Trainer:
                         module.gradient_checkpointing = True
             if name not in self.entry.trained:                 # frozen (a teacher); trained ones keep their
                 net.requires_grad_(False)                       # own choice (a discriminator's unused head)
+        par = config.parallel
         self.wrapped = {
-            k: parallel.parallelize(m, self.ctx, config.parallel.strategy) if k in self.entry.trained else m
+            k: parallel.parallelize(m, self.ctx, par.strategy, par.fsdp_param_dtype, par.fsdp_reduce_dtype)
+            if k in self.entry.trained else m
             for k, m in self.networks.items()
         }
         self.algorithm = self.entry.build(config, self.wrapped)
