@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-__all__ = ["VideoCodec", "SpaceToDepthCodec", "LatentNorm", "WORLD_LATENT_NORM", "IDENTITY_LATENT_NORM", "to_uint8"]
+__all__ = ["VideoCodec", "CausalVideoCodec", "SpaceToDepthCodec", "LatentNorm", "WORLD_LATENT_NORM", "IDENTITY_LATENT_NORM", "to_uint8"]
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -97,6 +97,30 @@ class VideoCodec:
         if num_pixel_frames < 1 or num_pixel_frames % self.temporal_factor:
             raise ValueError(f"the frame count must be a positive multiple of {self.temporal_factor}")
         return num_pixel_frames // self.temporal_factor
+
+
+class CausalVideoCodec(VideoCodec):
+    """A neural codec with a causal first frame (Wan's VAE and its stand-ins): F latent frames <-> T =
+    temporal_factor * (F - 1) + 1 pixel frames. Subclasses keep their network in `module`."""
+
+    module: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def num_pixel_frames(self, num_latent_frames: int) -> int:
+        return self.temporal_factor * (num_latent_frames - 1) + 1
+
+    def num_latent_frames(self, num_pixel_frames: int) -> int:
+        k = self.temporal_factor
+        if num_pixel_frames < 1 or (num_pixel_frames - 1) % k:
+            raise ValueError(f"the Wan VAE takes {k}n + 1 frames, got {num_pixel_frames}")
+        return (num_pixel_frames - 1) // k + 1
 
 
 class StatelessDecoder:

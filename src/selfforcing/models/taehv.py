@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .codec import VideoCodec
+from .codec import CausalVideoCodec
 
 __all__ = ["TAEHVDecoderNet", "TAEHVCodec", "TAEHVStreamingDecoder", "TAEHV_CHECKPOINT", "find_taehv"]
 
@@ -152,7 +152,7 @@ def find_taehv(path: str | Path) -> Path:
     return p
 
 
-class TAEHVCodec(VideoCodec):
+class TAEHVCodec(CausalVideoCodec):
     """Decode-only codec over `TAEHVDecoderNet`; same frame arithmetic and pixel range as `WanVAE`."""
 
     spatial_factor = 8
@@ -178,20 +178,8 @@ class TAEHVCodec(VideoCodec):
         return cls(net.to(device=device, dtype=dtype))
 
     @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
-
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        return self.temporal_factor * (num_latent_frames - 1) + 1
-
-    def num_latent_frames(self, num_pixel_frames: int) -> int:
-        if num_pixel_frames < 1 or (num_pixel_frames - 1) % self.temporal_factor:
-            raise ValueError(f"the Wan VAE takes 4k + 1 frames, got {num_pixel_frames}")
-        return (num_pixel_frames - 1) // self.temporal_factor + 1
+    def module(self) -> nn.Module:
+        return self.net
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("TAEHV is loaded as a decoder only: encode with the Wan VAE")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from .codec import VideoCodec
+from .codec import CausalVideoCodec
 
 __all__ = [
     "WanVAE",
@@ -204,12 +204,13 @@ def _load_original(path: Path, dtype: torch.dtype | None):
     return vae
 
 
-class WanVAE(VideoCodec):
+class WanVAE(CausalVideoCodec):
     """The Wan2.1 VAE as a codec: `encode` (B, T, 3, H, W) -> (B, F, 16, H/8, W/8), normalised; `decode` back.
 
     Args:
         vae: a diffusers `AutoencoderKLWan`; its `latents_mean` / `latents_std` normalise the latents.
-    Pixels come out float32 on the VAE's device, clamped to [-1, 1].
+    Pixels come out float32 on the VAE's device, clamped to [-1, 1]. Causal first frame: F latent frames decode
+    to 4(F - 1) + 1 pixel frames.
     """
 
     spatial_factor = 8
@@ -241,21 +242,8 @@ class WanVAE(VideoCodec):
         return cls(vae)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
-
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        """Causal first frame: F latent frames decode to 4(F - 1) + 1 pixel frames."""
-        return self.temporal_factor * (num_latent_frames - 1) + 1
-
-    def num_latent_frames(self, num_pixel_frames: int) -> int:
-        if num_pixel_frames < 1 or (num_pixel_frames - 1) % self.temporal_factor:
-            raise ValueError(f"the Wan VAE takes 4k + 1 frames, got {num_pixel_frames}")
-        return (num_pixel_frames - 1) // self.temporal_factor + 1
+    def module(self) -> torch.nn.Module:
+        return self.vae
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1, 1)                                              # broadcast over (B, C, F, h, w)
