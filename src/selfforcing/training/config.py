@@ -248,6 +248,9 @@ class ParallelConfig:
         fsdp_param_dtype: FSDP2 mixed precision (`MixedPrecisionPolicy`): the dtype parameters are gathered and
             computed in; the sharded master weights and the optimizer state stay fp32. "float32" = off.
         fsdp_reduce_dtype: the dtype gradients are reduce-scattered in (fp32 keeps the sum exact across ranks).
+        shard_frozen: under FSDP, shard the frozen networks too (a distillation's real score: the published
+            system scores with the 14B model, which does not fit replicated next to the rest); False replicates
+            them (no gathers in their forwards).
     """
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -255,6 +258,7 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     fsdp_param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     fsdp_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    shard_frozen: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy != "fsdp" and (self.fsdp_param_dtype, self.fsdp_reduce_dtype) != ("float32", "float32"):

@@ -111,7 +111,10 @@ def apply_fsdp(model: nn.Module, ctx: ParallelContext, param_dtype: str = "float
 
     from ..models.wan import WanBlock
 
-    policy = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=getattr(torch, reduce_dtype))
+    # No input casting: FSDP would rebuild dataclass arguments (the rollout's KV caches) as copies, and the
+    # network casts its own inputs to its compute dtype.
+    policy = MixedPrecisionPolicy(param_dtype=None if param_dtype == "float32" else getattr(torch, param_dtype),
+                                  reduce_dtype=getattr(torch, reduce_dtype), cast_forward_inputs=False)
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     for block in [m for m in model.modules() if isinstance(m, WanBlock)]:
         fully_shard(block, mesh=mesh, mp_policy=policy)

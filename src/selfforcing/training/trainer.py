@@ -280,7 +280,7 @@ class Trainer:
         par = config.parallel
         self.wrapped = {
             k: parallel.parallelize(m, self.ctx, par.strategy, par.fsdp_param_dtype, par.fsdp_reduce_dtype)
-            if k in self.entry.trained else m
+            if k in self.entry.trained or (par.strategy == "fsdp" and par.shard_frozen) else m
             for k, m in self.networks.items()
         }
         self.algorithm = self.entry.build(config, self.wrapped)
