@@ -198,3 +198,43 @@ def test_activation_checkpointing_in_the_rollout_gives_the_same_gradients(window
     assert torch.equal(results[0][0], results[1][0])
     for k, grad in results[0][1].items():
         assert torch.equal(grad, results[1][1][k]), k
+
+
+def test_encode_videos_then_self_forcing_gan_on_wan_latents(files, tmp_path):
+    """The GAN variant at real scale: captioned mp4 files -> Wan VAE latents (`encode-videos`) -> real clips of
+    `sf-gan-wan1.3b` (data.source=latents)."""
+    import imageio.v3 as iio
+
+    from selfforcing.models.wan_vae import WanVAE
+    from selfforcing.training.encode_videos import fit_frames
+
+    wan_dir, _ = files
+    clips = tmp_path / "clips"
+    assert main(["world", "render", "--n", "3", "-o", str(clips), "--frames", "21"]) == 0
+    out = tmp_path / "latents"
+    assert main(["encode-videos", str(clips), "-o", str(out), "--model-dir", str(wan_dir), "--frames", "21",
+                 "--height", "32", "--width", "32", "--batch-size", "2"]) == 0
+    stored = ODEPairDataset(out)
+    assert len(stored) == 3 and stored.shape == (1, FRAMES, *LATENT)
+    states, timesteps, prompt = stored[1]
+    assert timesteps.tolist() == [0.0] and prompt.endswith(".")            # the detailed caption
+    video = iio.imread(clips / "00001.mp4")
+    expected = WanVAE.from_pretrained(wan_dir).encode(fit_frames(video, 32, 32)[None])[0]
+    torch.testing.assert_close(states[0], expected, atol=2e-3, rtol=1e-2)     # stored in fp16
+    assert main(["encode-videos", str(clips), "-o", str(out), "--model-dir", str(wan_dir), "--frames", "21",
+                 "--height", "32", "--width", "32"]) == 2                       # never appends to a set
+    assert main(["encode-videos", str(clips), "-o", str(tmp_path / "x"), "--model-dir", str(wan_dir),
+                 "--frames", "20"]) == 2
+
+    overrides = [o for o in tiny_overrides(wan_dir, Path("unused")) if not o.startswith("data.prompts_file")]
+    config = resolve_config("sf-gan-wan1.3b", overrides + [
+        f"data.latents={out}", f"distill.teacher={wan_dir}", "distill.generator_init=none",
+        "distill.generator_every=1"], out_dir=str(tmp_path / "run"))
+    assert (config.data.source, config.distill.loss) == ("latents", "gan")
+    result = Trainer(config).fit()
+    assert all(torch.isfinite(torch.tensor(result[k])) for k in ("generator/loss", "critic/loss"))
+
+    from selfforcing.training.data import MicroBatches
+
+    with pytest.raises(ValueError, match="have 6 frames but data.num_frames is 3"):
+        MicroBatches(resolve_config("sf-gan-wan1.3b", overrides + [f"data.latents={out}", "data.num_frames=3"]))

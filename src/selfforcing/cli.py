@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_cli.add_parser(sub)
     train_cli.add_parser(sub)
     _add_ode_pairs(sub)
+    _add_encode_videos(sub)
     _add_export(sub)
     w = sub.add_parser("world", help="the synthetic world: render videos with their prompts")
     world_cli.add_parser(w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND"))
@@ -287,6 +288,33 @@ def cmd_ode_pairs(args) -> None:
           f"wrote {args.n} trajectories to {out}")
 
 
+def _add_encode_videos(sub) -> None:
+    p = sub.add_parser("encode-videos", help="encode captioned videos to Wan VAE latents (real clips for the GAN)",
+                       description="Encode a folder of mp4 files with captions (prompts.jsonl with file + prompt, "
+                                   "or NAME.txt next to each NAME.mp4) into Wan VAE latents, for training with "
+                                   "data.source=latents data.latents=OUT.")
+    p.add_argument("videos", help="the folder of captioned mp4 files")
+    p.add_argument("-o", "--out", required=True, help="output folder (new)")
+    p.add_argument("--model-dir", required=True, help="a Wan2.1 folder holding the VAE (either layout)")
+    p.add_argument("--frames", type=int, default=81, help="pixel frames per clip, 4k + 1 (default: 81)")
+    p.add_argument("--height", type=int, default=480, help="pixel height (default: 480)")
+    p.add_argument("--width", type=int, default=832, help="pixel width (default: 832)")
+    p.add_argument("--batch-size", type=int, default=1, help="clips encoded together (default: 1)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def cmd_encode_videos(args) -> None:
+    from .training.encode_videos import EncodeVideosConfig, encode_videos
+
+    if not Path(args.model_dir).exists():
+        raise ValueError(f"model directory {args.model_dir!r} does not exist")
+    out, n = encode_videos(EncodeVideosConfig(
+        videos=args.videos, out=args.out, model_dir=args.model_dir, frames=args.frames, height=args.height,
+        width=args.width, batch_size=args.batch_size,
+    ), device=args.device)
+    print(f"wrote {n} clips to {out}")
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="copy a selfforcing checkpoint with its weights cast (e.g. fp16 to ship)")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by selfforcing")
@@ -308,7 +336,7 @@ def cmd_export(args) -> None:
 
 
 COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench, "ode-pairs": cmd_ode_pairs,
-            "export": cmd_export}
+            "encode-videos": cmd_encode_videos, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

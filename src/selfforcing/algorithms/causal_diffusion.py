@@ -141,7 +141,7 @@ class CausalDiffusionTraining:
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         if batch.x_0 is None:
-            raise ValueError("causal diffusion needs real clips (batch.x_0): set data.source=world")
+            raise ValueError("causal diffusion needs real clips (batch.x_0): set data.source=world (or latents)")
         rng = SampleRNG(batch.seeds, device=batch.x_0.device)
         drop = rng.rand() < self.config.prompt_dropout                          # (B,)
         context = torch.where(drop[:, None, None], batch.null_context, batch.context)

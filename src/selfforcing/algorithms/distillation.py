@@ -220,5 +220,5 @@ class DistillTraining:
 
     def _real_clip(self, batch: Batch) -> torch.Tensor:
         if batch.x_0 is None:
-            raise ValueError("the GAN loss needs real clips (batch.x_0): set data.source=world")
+            raise ValueError("the GAN loss needs real clips (batch.x_0): set data.source=world (or latents)")
         return batch.x_0

@@ -41,9 +41,11 @@ class DataConfig:
     Attributes:
         source: "world" (rendered clips and their captions), "prompts" (the world's captions only: prompt-only
             algorithms such as Self-Forcing DMD / SiD need no videos), "prompt-file" (captions from a text file,
-            one per line, as the published system trains) or "ode-pairs" (stored teacher trajectories and their
-            prompts, from `selfforcing ode-pairs`, for the ODE init).
+            one per line, as the published system trains), "ode-pairs" (stored teacher trajectories and their
+            prompts, from `selfforcing ode-pairs`, for the ODE init) or "latents" (real clips already encoded,
+            from `selfforcing encode-videos`: the GAN variant's real videos at Wan scale).
         ode_pairs: the folder of ODE pairs (source "ode-pairs").
+        latents: the folder of encoded clips (source "latents").
         prompts_file: the caption file (source "prompt-file"); blank lines are skipped.
         length: distinct training items (scenes) of one epoch (ignored for "ode-pairs" and "prompt-file": the
             stored set, the file's prompts).
@@ -66,12 +68,13 @@ class DataConfig:
             `latent_shape` (Wan latents come normalised by the VAE).
         latent_shape: (C, H, W) of a latent frame for runs without the world codec, e.g. (16, 60, 104) for Wan
             VAE latents of 480x832 video; None: the world codec's (3 p², size / p, size / p). Such runs read
-            no videos (sources "prompt-file", "prompts", "ode-pairs").
+            no videos (sources "prompt-file", "prompts", "ode-pairs", "latents").
         num_workers: DataLoader worker processes rendering clips (0: render in the training process).
     """
 
-    source: Literal["world", "prompts", "prompt-file", "ode-pairs"] = "world"
+    source: Literal["world", "prompts", "prompt-file", "ode-pairs", "latents"] = "world"
     ode_pairs: str | None = None
+    latents: str | None = None
     prompts_file: str | None = None
     length: int = 100_000
     seed: int = 0
@@ -100,6 +103,8 @@ class DataConfig:
             raise ValueError("max_start_frame and num_workers must be non-negative")
         if self.source == "ode-pairs" and not self.ode_pairs:
             raise ValueError("data.source=ode-pairs needs data.ode_pairs (a folder from `selfforcing ode-pairs`)")
+        if self.source == "latents" and not self.latents:
+            raise ValueError("data.source=latents needs data.latents (a folder from `selfforcing encode-videos`)")
         if self.source == "prompt-file" and not self.prompts_file:
             raise ValueError("data.source=prompt-file needs data.prompts_file (a text file, one prompt per line)")
         if self.text_encoder == "umt5" and not self.text_encoder_path:
@@ -109,7 +114,7 @@ class DataConfig:
                 raise ValueError(f"data.latent_shape must be positive (C, H, W), got {self.latent_shape}")
             if self.source == "world":
                 raise ValueError("data.latent_shape is for runs without the world codec, which read no videos: "
-                                 "use source prompt-file, prompts or ode-pairs")
+                                 "use source prompt-file, prompts, ode-pairs or latents")
 
 
 @dataclass(frozen=True)
@@ -550,6 +555,7 @@ WAN_DIR = "wan_models/Wan2.1-T2V-1.3B"
 WAN_PROMPTS = "prompts/vidprom_filtered_extended.txt"
 WAN_ODE_PAIRS = "runs/ode-pairs-wan1.3b"
 WAN_ODE_INIT = "runs/ode-init-wan1.3b/generator_ema.safetensors"
+WAN_VIDEO_LATENTS = "runs/video-latents-wan1.3b"     # selfforcing encode-videos CLIPS -o ... --model-dir WAN_DIR
 WAN_LATENT_SHAPE = (16, 60, 104)   # spec §0: 480x832 pixels through the VAE's stride 8, 16 latent channels
 WAN_FRAMES = 21                    # spec §0: 81 pixel frames -> 21 latent frames = 7 chunks of 3
 
@@ -590,7 +596,7 @@ def ode_init_wan() -> TrainConfig:
     )
 
 
-def _sf_wan(name: str, **distill) -> TrainConfig:
+def _sf_wan(name: str, data: DataConfig | None = None, **distill) -> TrainConfig:
     """Self-Forcing at Wan2.1-1.3B (spec §4(b)): generator from the ODE init, critic and real score from the
     base weights (the released config scores with the 14B model; 1.3B works), critic every step, generator
     every 5th, AdamW β = (0, 0.999), weight decay 0.01, EMA 0.99 from step 200, 600 steps."""
@@ -598,7 +604,7 @@ def _sf_wan(name: str, **distill) -> TrainConfig:
                      generator_every=5, guidance=3.0)
     d = DistillConfig(**(published | distill))
     return _wan_stage(
-        name, algorithm="distill", distill=d,
+        name, algorithm="distill", distill=d, data=data or _wan_data(),
         optim=OptimConfig(lr=2e-6, betas=(0.0, 0.999), weight_decay=0.01, warmup_steps=0, decay="constant"),
     )
 
@@ -613,6 +619,15 @@ def sf_dmd_wan() -> TrainConfig:
 def sf_sid_wan() -> TrainConfig:
     """Self-Forcing + SiD at Wan2.1-1.3B (spec §4(c): α = 1, critic lr 2e-6)."""
     return _sf_wan("sf-sid-wan1.3b", loss="sid", critic_lr=2e-6, sid_alpha=1.0)
+
+
+@_preset("sf-gan-wan1.3b")
+def sf_gan_wan() -> TrainConfig:
+    """Self-Forcing + GAN at Wan2.1-1.3B, against real clips encoded by `selfforcing encode-videos` (captions
+    from the clips). No GAN config is released (spec §4(d)): relativistic loss, discriminator and generator at
+    2e-6, are our choice."""
+    data = dataclasses.replace(_wan_data(), source="latents", latents=WAN_VIDEO_LATENTS, prompts_file=None)
+    return _sf_wan("sf-gan-wan1.3b", data=data, loss="gan", gan_relativistic=True, critic_lr=2e-6)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -144,7 +144,7 @@ class MicroBatches(Dataset):
 
     Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices,
     "shared_seed" (an int, the same on every rank), and by `data.source`: "video" (b, F, 3, H, W) in [-1, 1]
-    (world), or "trajectory" (b, S + 1, F, C, h, w) and "trajectory_timesteps" (S + 1,) (ode-pairs; the states
+    (world), "latents" (b, F, C, h, w) (encoded clips), or "trajectory" (b, S + 1, F, C, h, w) and "trajectory_timesteps" (S + 1,) (ode-pairs; the states
     are already normalised latents).
     """
 
@@ -166,15 +166,18 @@ class MicroBatches(Dataset):
         else:
             from ..io.ode_pairs import ODEPairDataset
 
-            self.pairs = ODEPairDataset(d.ode_pairs)
+            folder, what = (d.ode_pairs, "ODE pairs") if d.source == "ode-pairs" else (d.latents, "encoded clips")
+            self.pairs = ODEPairDataset(folder)
             self.length = len(self.pairs)
             frames, shape = int(self.pairs.shape[1]), tuple(self.pairs.shape[2:])
+            if d.source == "latents" and self.pairs.shape[0] != 1:
+                raise ValueError(f"{folder} holds trajectories (ODE pairs), not encoded clips: use "
+                                 "data.source=ode-pairs")
             if frames != d.num_frames:
-                raise ValueError(f"the ODE pairs in {d.ode_pairs} have {frames} frames but data.num_frames is "
-                                 f"{d.num_frames}")
+                raise ValueError(f"the {what} in {folder} have {frames} frames but data.num_frames is {d.num_frames}")
             expected = (config.latent_channels, *config.latent_size)
             if shape != expected:
-                raise ValueError(f"the ODE pairs in {d.ode_pairs} hold {shape} latent frames but the run's are "
+                raise ValueError(f"the {what} in {folder} hold {shape} latent frames but the run's are "
                                  f"{expected} (data.latent_shape or the world codec)")
         self.config, self.world_size, self.rank = config, world_size, rank
 
@@ -184,7 +187,7 @@ class MicroBatches(Dataset):
     def __getitem__(self, k: int) -> dict:
         s, d = self.config.schedule, self.config.data
         step, micro = divmod(k, s.grad_accum)
-        videos, trajectories, captions, seeds, indices = [], [], [], [], []
+        videos, latents, trajectories, captions, seeds, indices = [], [], [], [], [], []
         for p in micro_positions(s.batch_size, s.grad_accum, self.world_size, self.rank, micro):
             g = step * s.batch_size + p
             index = sample_index(g, self.length, self.config.seed)
@@ -192,6 +195,10 @@ class MicroBatches(Dataset):
             if d.source == "ode-pairs":
                 states, timesteps, prompt = self.pairs[index]
                 trajectories.append(states)
+                captions.append(prompt)
+            elif d.source == "latents":
+                states, _, prompt = self.pairs[index]
+                latents.append(states[0])
                 captions.append(prompt)
             elif d.source == "prompt-file":
                 captions.append(self.prompts[index])
@@ -213,6 +220,8 @@ class MicroBatches(Dataset):
         }
         if videos:
             item["video"] = torch.stack(videos)                             # (b, F, 3, H, W)
+        if latents:
+            item["latents"] = torch.stack(latents)                          # (b, F, C, h, w), normalised
         if trajectories:
             item["trajectory"] = torch.stack(trajectories)                  # (b, S + 1, F, C, h, w)
             item["trajectory_timesteps"] = timesteps                        # (S + 1,)
@@ -246,6 +255,8 @@ class LatentEncoder:
         if "video" in raw:
             video = raw["video"].to(self.device)                            # (b, F, 3, H, W)
             x_0 = self.norm.normalize(self.codec.encode(video))             # (b, F, C, h, w)
+        if "latents" in raw:
+            x_0 = raw["latents"].to(self.device)                            # encoded clips: already latents
         if "trajectory" in raw:
             trajectory = raw["trajectory"].to(self.device)                  # (b, S + 1, F, C, h, w)
             timesteps = raw["trajectory_timesteps"].to(self.device)
