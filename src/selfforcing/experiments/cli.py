@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+from pathlib import Path
 
 from .ablation import METHODS, STAGE_KINDS, VARIANTS, AblationConfig, quick_config, run_ablation
 
@@ -63,7 +64,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a.add_argument("--quick", action="store_true",
                    help="smoke test in under a minute: tiny models, 3 steps a stage, 2 prompts, 4x long videos")
     a.set_defaults(func=run)
+
+    from .codec import __doc__ as codec_doc
+
+    c = sub.add_parser("codec", help="pixel space or a learned latent space: train an autoencoder, measure both",
+                       description=codec_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("-o", "--out", default="runs/codec", help="output folder (default: runs/codec)")
+    c.add_argument("--channels", type=int, default=16, help="latent channels of the learned codec (default: 16)")
+    c.add_argument("--steps", type=int, default=600, help="autoencoder training steps (default: 600)")
+    c.add_argument("--n", type=int, default=16, help="held-out clips scored (default: 16)")
+    c.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    c.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
+    c.set_defaults(func=run_codec)
     return p
+
+
+def run_codec(args: argparse.Namespace) -> dict:
+    from .codec import CodecExperimentConfig, format_codec_results, run_codec_experiment
+
+    results = run_codec_experiment(CodecExperimentConfig(out=args.out, channels=args.channels, steps=args.steps,
+                                                         n=args.n, seed=args.seed))
+    text = format_codec_results(results)
+    if args.docs:
+        Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.docs).write_text(text + "\n")
+    print(text)
+    return results
 
 
 def parse_steps(items: list[str]) -> dict[str, int]:
@@ -115,6 +141,8 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the sub-command; prints where the results went. Raises ValueError on bad options."""
+    if args.experiment_command == "codec":
+        return run_codec(args)
     if args.experiment_command != "ablation":
         raise ValueError(f"unknown experiment {args.experiment_command!r}")
     config = config_from_args(args)

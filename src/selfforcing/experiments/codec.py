@@ -1,0 +1,234 @@
+"""Pixel space or a learned latent space for the world model: what each costs and what each loses.
+
+The world model works on `SpaceToDepthCodec(4)` latents (lossless, 48 channels at 16x16 per 64x64 frame). The
+alternative, as Wan does with its VAE, is a learned autoencoder to fewer channels at the same token grid. This
+experiment trains such an autoencoder (per frame, stride 4, `channels` latent channels, so the DiT keeps its 2x2
+patches and 64 tokens per frame) on world frames and measures:
+
+- quality: PSNR of held-out clips through the round trip, and the evaluator's scores of the round-tripped clips
+  next to those of the same clips untouched (the ceiling a model in that space could reach);
+- cost: encode and decode time per frame, and the time of one teacher training step (forward and backward,
+  batch 4 of 21 frames) with the learned codec's input width against the pixel codec's.
+
+    selfforcing experiment codec -o runs/codec [--steps 600] [--channels 16]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["CodecExperimentConfig", "FrameAutoencoder", "run_codec_experiment", "format_codec_results"]
+
+
+@dataclass(frozen=True)
+class CodecExperimentConfig:
+    """Attributes:
+    out: output folder (results.json, results.md, the autoencoder's weights).
+    channels: latent channels of the learned codec (Wan's VAE has 16).
+    width: the autoencoder's base width.
+    steps, batch_clips, frames_per_clip, lr: autoencoder training (frames drawn from training clips).
+    n: held-out clips scored through the round trip.
+    dit_batch, dit_frames: the teacher step timed for the cost comparison (clips x frames).
+    seed: weights and data order.
+    """
+
+    out: str = "runs/codec"
+    channels: int = 16
+    width: int = 64
+    steps: int = 600
+    batch_clips: int = 4
+    frames_per_clip: int = 8
+    lr: float = 1e-3
+    n: int = 16
+    dit_batch: int = 4
+    dit_frames: int = 21
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.channels, self.width, self.steps, self.batch_clips, self.frames_per_clip, self.n,
+               self.dit_batch, self.dit_frames) < 1:
+            raise ValueError("channels, width, steps, batch sizes, n and the timed step's shape must be positive")
+        if self.frames_per_clip > 21:
+            raise ValueError("frames_per_clip is at most 21 (the clip length)")
+
+
+class _Res(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x + self.body(x))
+
+
+class FrameAutoencoder(nn.Module):
+    """(N, 3, H, W) in [-1, 1] <-> (N, channels, H/4, W/4): two stride-2 stages each way, residual blocks."""
+
+    def __init__(self, channels: int = 16, width: int = 64):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, w // 2, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w // 2, w, 4, stride=2, padding=1), nn.SiLU(), _Res(w),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.SiLU(), _Res(2 * w),
+            nn.Conv2d(2 * w, channels, 1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(channels, 2 * w, 3, padding=1), nn.SiLU(), _Res(2 * w),
+            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1), nn.SiLU(), _Res(w),
+            nn.Upsample(scale_factor=2), nn.Conv2d(w, w // 2, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w // 2, 3, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return self.decoder(z), z
+
+
+def _training_frames(data, config: CodecExperimentConfig, step: int) -> torch.Tensor:
+    rng = np.random.default_rng([config.seed, step])
+    frames = []
+    for index in rng.integers(0, len(data), config.batch_clips):
+        video = data[int(index)][0]                                   # (F, 3, H, W) in [-1, 1]
+        frames.append(video[rng.choice(video.shape[0], config.frames_per_clip, replace=False)])
+    return torch.cat(frames)
+
+
+def _heldout(n: int, frames: int = 21) -> list[tuple[str, np.ndarray, str]]:
+    from ..world import detailed_caption, heldout_scenes, render
+
+    return [(f"{i:05d}", render(scene, 0, frames), detailed_caption(scene)) for i, scene in enumerate(heldout_scenes(n))]
+
+
+def _to_float(video: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(video).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _median_time(fn, repeats: int = 3) -> float:
+    fn()                                                              # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _dit_step_seconds(in_dim: int, batch: int = 4, frames: int = 21) -> float:
+    """One teacher training step (forward + backward) of the `world` model reading `in_dim`-channel latents."""
+    from ..config import get_preset
+    from ..models.wan import WanDiT
+
+    cfg = get_preset("world").replace(in_dim=in_dim, out_dim=in_dim)
+    torch.manual_seed(0)
+    model = WanDiT(cfg)
+    x = torch.randn(batch, frames, in_dim, 16, 16)
+    t = torch.rand(batch, frames) * 1000
+    ctx = torch.randn(batch, cfg.text_len, cfg.text_dim)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x, t, ctx).square().mean().backward()
+
+    return _median_time(step)
+
+
+def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -> dict:
+    from ..eval import evaluate_videos
+    from ..world import WorldDataConfig, WorldDataset
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    ae = FrameAutoencoder(config.channels, config.width)
+    opt = torch.optim.AdamW(ae.parameters(), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps, eta_min=config.lr * 0.1)
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="autoencoder", disable=not progress)
+    data = WorldDataset(WorldDataConfig(length=100_000, seed=config.seed, num_frames=21))
+    for step in bar:
+        x = _training_frames(data, config, step)
+        recon, z = ae(x)
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * z.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_seconds = time.perf_counter() - start
+    ae.eval()
+    torch.save(ae.state_dict(), out / "autoencoder.pt")
+
+    items = _heldout(config.n)
+    round_trip, mse, latents = [], [], []
+    with torch.no_grad():
+        for name, video, prompt in items:
+            x = _to_float(video)
+            recon, z = ae(x)
+            latents.append(z)
+            back = _to_uint8(recon)
+            mse.append(float(np.mean((back.astype(np.float64) - video.astype(np.float64)) ** 2)))
+            round_trip.append((name, back, prompt))
+        frame = _to_float(items[0][1])[:1]
+        encode_ms = 1000 * _median_time(lambda: ae.encoder(frame))
+        z1 = ae.encoder(frame)
+        decode_ms = 1000 * _median_time(lambda: ae.decoder(z1))
+    z = torch.cat(latents)
+    real = evaluate_videos(items, reference=0).mean()
+    coded = evaluate_videos(round_trip, reference=0).mean()
+    shape = (config.dit_batch, config.dit_frames)
+    pixel_step, learned_step = _dit_step_seconds(48, *shape), _dit_step_seconds(config.channels, *shape)
+    results = {
+        "config": asdict(config),
+        "autoencoder": {"parameters": sum(p.numel() for p in ae.parameters()), "train_seconds": train_seconds,
+                        "latent_std": float(z.std()), "latent_mean": float(z.mean())},
+        "psnr_db": float(10 * math.log10(255.0**2 / max(np.mean(mse), 1e-12))),
+        "scores": {"real": real, "round_trip": coded},
+        "encode_ms_per_frame": encode_ms,
+        "decode_ms_per_frame": decode_ms,
+        "dit_step_seconds": {"pixel_48ch": pixel_step, f"learned_{config.channels}ch": learned_step},
+        "threads": torch.get_num_threads(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(format_codec_results(results) + "\n")
+    return results
+
+
+def format_codec_results(r: dict) -> str:
+    c = r["config"]
+    keys = ("total", "semantic", "quality", "temporal")
+    lines = [
+        f"Learned codec: {c['channels']} channels at 1/4 resolution ({r['autoencoder']['parameters']:,} parameters, "
+        f"{c['steps']} steps of {c['batch_clips'] * c['frames_per_clip']} frames in "
+        f"{r['autoencoder']['train_seconds'] / 60:.1f} min, {r['threads']} threads)",
+        "",
+        "| | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        f"| {c['n']} held-out clips as rendered | " + " | ".join(f"{r['scores']['real'][k]:.1f}" for k in keys) + " |",
+        "| the same through the learned codec | " + " | ".join(f"{r['scores']['round_trip'][k]:.1f}" for k in keys) + " |",
+        "",
+        f"- round-trip PSNR {r['psnr_db']:.1f} dB (the pixel codec is lossless)",
+        f"- encode {r['encode_ms_per_frame']:.2f} ms, decode {r['decode_ms_per_frame']:.2f} ms per 64x64 frame "
+        "(the pixel codec: a reshape)",
+    ]
+    steps = r["dit_step_seconds"]
+    (pk, pv), (lk, lv) = list(steps.items())
+    lines.append(f"- teacher training step ({c['dit_batch']} clips x {c['dit_frames']} frames, forward + backward): "
+                 f"{pv:.2f} s reading {pk} "
+                 f"latents, {lv:.2f} s reading {lk} (x{lv / pv:.2f})")
+    return "\n".join(lines)
