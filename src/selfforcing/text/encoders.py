@@ -36,13 +36,16 @@ class TextEncoder:
         """Encode prompts to (B, max_length, dim) float32 on the CPU, padding rows zero."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        found = {p: self._cache[p] for p in dict.fromkeys(prompts) if p in self._cache}
+        for p in found:
+            self._cache.move_to_end(p)                                 # least recently used goes first
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
             for prompt, emb in zip(missing, self._encode(missing)):
-                self._cache[prompt] = emb.float().cpu()
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return torch.stack([self._cache[p] for p in prompts])
+                found[prompt] = self._cache[prompt] = emb.float().cpu()
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack([found[p] for p in prompts])
 
     __call__ = encode
 
