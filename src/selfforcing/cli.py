@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                                   # output piped into a reader that quit (| head)
+        sys.stderr.close()
+        return 0
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as err:
         if args.verbose:
             raise
