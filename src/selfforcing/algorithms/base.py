@@ -27,7 +27,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-__all__ = ["Batch", "Update", "Algorithm", "SampleRNG", "Logs", "LossFn", "unwrap"]
+__all__ = ["Batch", "Update", "Algorithm", "SampleRNG", "Logs", "LossFn", "unwrap", "seeded_generator"]
 
 Logs = dict[str, torch.Tensor]
 LossFn = Callable[["Batch"], tuple[torch.Tensor, Logs]]
@@ -83,6 +83,11 @@ class Update:
     lr: float | None = None
 
 
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (sample seeds, a shared seed, a salt)."""
+    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     """The network inside a DDP wrapper (which keeps it at `.module`); any other network as it is (FSDP2
     shards in place, so `config` and `dtype` stay readable)."""
@@ -129,7 +134,7 @@ class SampleRNG:
         """One generator for draws shared by the whole micro-batch (e.g. Self-Forcing's exit step), seeded
         from all the samples' seeds and `salt` (different salts give independent streams, e.g. one per update)."""
         seeds = [int(g.initial_seed()) for g in self.generators]
-        return torch.Generator().manual_seed(hash((*seeds, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return seeded_generator(*seeds, salt)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
         """(B, *shape) int64 uniform on [0, high)."""

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..diffusion.flow import FlowMatching
-from .base import Batch, Logs, SampleRNG, Update
+from .base import Batch, Logs, SampleRNG, Update, seeded_generator
 from .causal_diffusion import one_pass_sample
 from .distribution_matching import critic_loss, dmd_loss, sid_loss
 from .gan import gan_discriminator_loss, gan_generator_loss
@@ -184,7 +184,7 @@ class DistillTraining:
         without a shared seed (outside the trainer: the micro-batch's own generator draws it)."""
         if batch.shared_seed is None:
             return None
-        return torch.Generator().manual_seed(hash((batch.shared_seed, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return seeded_generator(batch.shared_seed, salt)
 
     # --------------------------------------------------------------------------- the two updates
     def generator_loss(self, batch: Batch) -> tuple[torch.Tensor, Logs]:

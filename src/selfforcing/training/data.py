@@ -120,16 +120,20 @@ def sample_index(g: int, length: int, seed: int) -> int:
     return int(_permutation(length, seed, g // length)[g % length])
 
 
-def sample_seed(g: int, seed: int) -> int:
-    """A 63-bit seed for global sample g of a run seeded `seed` (hashed, so nearby samples are unrelated)."""
-    hi, lo = np.random.SeedSequence([seed, g]).generate_state(2, np.uint32)
+def _seed63(*entropy: int) -> int:
+    """A 63-bit seed hashed from integers (so nearby inputs give unrelated seeds)."""
+    hi, lo = np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32)
     return (int(hi) & 0x7FFFFFFF) << 32 | int(lo)
+
+
+def sample_seed(g: int, seed: int) -> int:
+    """A 63-bit seed for global sample g of a run seeded `seed`."""
+    return _seed63(seed, g)
 
 
 def shared_seed(step: int, micro: int, seed: int) -> int:
     """A 63-bit seed common to all ranks at micro-step `micro` of optimizer step `step`."""
-    hi, lo = np.random.SeedSequence([seed, step, micro, 0x5A4ED]).generate_state(2, np.uint32)
-    return (int(hi) & 0x7FFFFFFF) << 32 | int(lo)
+    return _seed63(seed, step, micro, 0x5A4ED)
 
 
 def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int, micro: int) -> range:
@@ -144,8 +148,8 @@ class MicroBatches(Dataset):
 
     Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices,
     "shared_seed" (an int, the same on every rank), and by `data.source`: "video" (b, F, 3, H, W) in [-1, 1]
-    (world), "latents" (b, F, C, h, w) (encoded clips), or "trajectory" (b, S + 1, F, C, h, w) and "trajectory_timesteps" (S + 1,) (ode-pairs; the states
-    are already normalised latents).
+    (world), "latents" (b, F, C, h, w) (encoded clips), or "trajectory" (b, S + 1, F, C, h, w) and
+    "trajectory_timesteps" (S + 1,) (ode-pairs); stored states and clips are already normalised latents.
     """
 
     def __init__(self, config: TrainConfig, world_size: int = 1, rank: int = 0):
