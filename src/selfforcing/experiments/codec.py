@@ -119,13 +119,10 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def _median_time(fn, repeats: int = 3) -> float:
-    fn()                                                              # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of fn() over `repeats` runs after one warm-up (the training benchmark's timer)."""
+    from ..training.step_bench import measure
+
+    return measure(lambda _: fn(), repeats, "cpu")["seconds"]
 
 
 def _dit_step_seconds(in_dim: int, batch: int = 4, frames: int = 21) -> float:

@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..io.ode_pairs import ODEPairDataset, ODEPairWriter
+from ..io.ode_pairs import ODEPairWriter
 
 __all__ = ["EncodeVideosConfig", "encode_videos", "list_captioned_videos", "fit_frames"]
 
@@ -113,7 +113,6 @@ def encode_videos(config: EncodeVideosConfig, *, device: str = "cpu", progress: 
     if any(out.glob("shard_*.safetensors")):
         raise ValueError(f"{out} already holds encoded clips: use a new folder")
     codec = WanVAE.from_pretrained(config.model_dir, device=device, dtype=torch.float32)
-    zero = torch.zeros(1)
     with ODEPairWriter(out, shard_size=config.shard_size) as writer:
         batch, captions = [], []
         for path, caption in tqdm(items, desc="encoding", disable=not progress):
@@ -124,15 +123,15 @@ def encode_videos(config: EncodeVideosConfig, *, device: str = "cpu", progress: 
             batch.append(fit_frames(video[:config.frames], config.height, config.width))
             captions.append(caption)
             if len(batch) == config.batch_size:
-                _encode(codec, batch, captions, writer, zero)
+                _encode(codec, batch, captions, writer)
                 batch, captions = [], []
         if batch:
-            _encode(codec, batch, captions, writer, zero)
+            _encode(codec, batch, captions, writer)
     if writer.num_written == 0:
         raise ValueError(f"no clip in {config.videos} has {config.frames} frames")
     return out, writer.num_written
 
 
-def _encode(codec, batch: list[torch.Tensor], captions: list[str], writer: ODEPairWriter, zero: torch.Tensor) -> None:
+def _encode(codec, batch: list[torch.Tensor], captions: list[str], writer: ODEPairWriter) -> None:
     latents = codec.encode(torch.stack(batch))                     # (B, F, 16, h, w), normalised
-    writer.add(latents[:, None], zero, captions)                    # one stored state: the clean clip, t = 0
+    writer.add(latents[:, None], torch.zeros(1), captions)         # one stored state: the clean clip, t = 0

@@ -31,7 +31,7 @@ from ..config import get_preset
 from ..diffusion.flow import FlowMatching
 from ..models.wan import WanDiT
 
-__all__ = ["StepBenchConfig", "bench_training_steps", "format_step_bench"]
+__all__ = ["StepBenchConfig", "bench_training_steps", "format_step_bench", "measure"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ def _saved_bytes(counter: list[int]):
         yield
 
 
-def _measure(fn, reps: int, device: str) -> dict:
+def measure(fn, reps: int, device: str) -> dict:
+    """fn(i) run reps + 1 times, the first to warm up: median seconds, saved-activation bytes, and on CUDA the
+    peak allocated memory."""
     times, saved, peak = [], [], []
     for i in range(reps + 1):                                               # the first run warms up
         counter = [0]
@@ -129,10 +131,10 @@ def bench_training_steps(bc: StepBenchConfig) -> dict:
     report = {
         "config": dict(bc.__dict__),
         "params": sum(p.numel() for p in generator.parameters()),
-        "tf": _measure(causal_step(True), bc.reps, bc.device),
-        "df": _measure(causal_step(False), bc.reps, bc.device),
-        "sf_generator": _measure(sf_generator, reps_sf, bc.device),
-        "sf_critic": _measure(sf_critic, reps_sf, bc.device),
+        "tf": measure(causal_step(True), bc.reps, bc.device),
+        "df": measure(causal_step(False), bc.reps, bc.device),
+        "sf_generator": measure(sf_generator, reps_sf, bc.device),
+        "sf_critic": measure(sf_critic, reps_sf, bc.device),
     }
     g, c = report["sf_generator"], report["sf_critic"]
     report["sf_iteration"] = {
