@@ -1,5 +1,5 @@
-"""Inference speed options: FP8 linear layers (emulated on the CPU), torch.compile of the blocks, and their
-wiring through `load_pipeline`, `selfforcing generate` and `selfforcing bench`."""
+"""Inference speed options: FP8 linear layers (emulated on the CPU), torch.compile of the blocks, the bf16 /
+fp16 emulation, and their wiring through `load_pipeline`, `selfforcing generate`, `bench` and `eval`."""
 
 import copy
 import json
@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from test_causal_model import cached_forward, inputs
 
@@ -16,7 +17,14 @@ from selfforcing.config import get_preset
 from selfforcing.inference import loading, speed
 from selfforcing.inference.loading import PIPELINE_METADATA_KEY, PipelineSpec, load_pipeline
 from selfforcing.inference.pipeline import StreamingPipeline
-from selfforcing.inference.speed import Float8WeightLinear, SpeedOptions, apply_fp8, compile_model
+from selfforcing.inference.speed import (
+    Float8WeightLinear,
+    SpeedOptions,
+    apply_fp8,
+    compile_model,
+    emulate_precision,
+    emulated_dtype,
+)
 from selfforcing.io.checkpoints import save_transformer
 from selfforcing.models.wan import WanDiT
 
@@ -92,6 +100,91 @@ def test_cached_streaming_equals_parallel_forward(make_model, fp8):
     assert (parallel - cached).abs().max() <= 1e-4
 
 
+def _emulated_and_real(make_model, dtype: torch.dtype) -> tuple[WanDiT, WanDiT, WanDiT]:
+    """A float32 model, a copy emulating `dtype` and a copy really cast to it."""
+    model = make_model()
+    emulated, real = copy.deepcopy(model), copy.deepcopy(model).to(dtype)
+    emulate_precision(emulated, dtype)
+    return model, emulated, real
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_precision_is_as_far_from_fp32_as_the_real_one(make_model, dtype):
+    """The emulation changes the output by as much as really running in bf16 / fp16 does, and lands nearer
+    the real low-precision output than float32 is (a no-op emulation would sit on float32)."""
+    model, emulated, real = _emulated_and_real(make_model, dtype)
+    x, t, ctx = inputs(model.config, frames=4)
+    with torch.no_grad():
+        ref, out, out_real = model(x, t, ctx), emulated(x, t, ctx), real(x, t, ctx)
+    assert emulated.dtype == torch.float32 and emulated_dtype(emulated) == dtype
+    real_err, err = relative_error(ref, out_real), relative_error(ref, out)
+    assert 0 < real_err < (0.02 if dtype == torch.bfloat16 else 0.003)  # bf16 keeps 8 bits, fp16 11
+    assert 0.5 * real_err < err < 2 * real_err
+    assert relative_error(out_real, out) < 0.75 * real_err
+
+
+def test_emulated_bf16_rounds_weights_and_matmuls_like_the_real_cast(make_model):
+    """Every weight equals the real bf16 model's, and every matmul before the first attention kernel (time
+    and text embeddings, patch embedding, q / k / v with their RMSNorms) gives the real bf16 output bit for
+    bit: a weight-only emulation would differ almost everywhere. (Past the first attention the kernels'
+    blockwise softmax differs, so later layers match only statistically.)"""
+    model, emulated, real = _emulated_and_real(make_model, torch.bfloat16)
+    real_weights = real.state_dict()
+    for name, w in emulated.state_dict().items():
+        assert w.dtype == torch.float32 and torch.equal(w, real_weights[name].float()), name
+    names = ["time_embedding", "time_projection", "patch_embedding", "text_embedding"] + [
+        f"blocks.0.{attn}.{layer}" for attn in ("self_attn", "cross_attn") for layer in ("k", "v", "norm_k")
+    ] + ["blocks.0.self_attn.q", "blocks.0.self_attn.norm_q"]
+    outputs = {}
+
+    def keep(key):
+        def hook(module, args, out):
+            outputs.setdefault(key, out.float())   # the first call (the blocks run once each)
+        return hook
+
+    for tag, m in (("emulated", emulated), ("real", real)):
+        for name in names:
+            m.get_submodule(name).register_forward_hook(keep((tag, name)))
+    x, t, ctx = inputs(model.config, frames=4)
+    with torch.no_grad():
+        emulated(x, t, ctx), real(x, t, ctx)
+    for name in names:
+        differ = (outputs["emulated", name] != outputs["real", name]).float().mean().item()
+        assert differ < 0.01, f"{name}: {differ:.1%} of the values differ from the real bf16 model's"
+
+
+def test_emulated_attention_rounds_probabilities_like_the_bf16_kernel(monkeypatch):
+    """Attention under the emulation rounds the unnormalised probabilities as the bf16 flash kernel does:
+    it lands nearer the real kernel's output than float32 attention on rounded q, k, v; chunking the
+    queries (to bound memory) changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 48, 16, generator=g) for _ in range(3))         # (B, h, N, d)
+    mask = (torch.rand(48, 48, generator=g) > 0.3) | torch.eye(48, dtype=torch.bool)
+    real = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask).float()
+    plain = F.scaled_dot_product_attention(*(x.bfloat16().float() for x in (q, k, v)), attn_mask=mask)
+    plain = plain.bfloat16().float()
+    with speed._LowPrecisionMatmuls(torch.bfloat16):
+        emulated = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        monkeypatch.setattr(speed, "ATTENTION_CHUNK", 2 * 2 * 48 * 5)         # 5 query rows a chunk
+        chunked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert relative_error(real, emulated) < 0.6 * relative_error(real, plain)
+    assert relative_error(emulated, chunked) < 1e-3  # at most a rare rounding flip
+
+
+def test_emulate_precision_refuses_what_it_cannot_emulate(make_model):
+    with pytest.raises(ValueError, match="cannot emulate"):
+        emulate_precision(make_model(), "float8_e4m3fn")
+    with pytest.raises(ValueError, match="must be float32"):
+        emulate_precision(make_model().to(torch.bfloat16), "bfloat16")
+    model = make_model()
+    emulate_precision(model, "float16")
+    with pytest.raises(ValueError, match="already emulates"):
+        emulate_precision(model, "bfloat16")
+    with pytest.raises(ValueError, match="float32"):
+        SpeedOptions(dtype="bfloat16", emulate_dtype="bfloat16")
+    assert emulated_dtype(SpeedOptions(dtype="float32", emulate_dtype="bfloat16").apply(make_model())) == torch.bfloat16
+
+
 def _compiled_graphs(make_model, num_layers: int, backend: str) -> tuple[int, float]:
     """Graphs torch.compile made for a streamed video, and the largest difference to eager."""
     torch._dynamo.reset()
@@ -152,6 +245,31 @@ def test_load_pipeline_fp8(checkpoint):
     assert isinstance(pipe.generator.blocks[0].ffn[2], Float8WeightLinear)
     plain, _ = load_pipeline(checkpoint, text_encoder=pipe.text_encoder)
     assert type(plain.generator.blocks[0].ffn[2]) is torch.nn.Linear
+
+
+def test_load_pipeline_emulate_dtype(checkpoint):
+    pipe, _ = load_pipeline(checkpoint, emulate_dtype="bfloat16")
+    assert pipe.generator.dtype == torch.float32 and emulated_dtype(pipe.generator) == torch.bfloat16
+    with pytest.raises(ValueError, match="--emulate-dtype"):
+        load_pipeline(checkpoint, dtype=torch.float16, emulate_dtype="bfloat16", text_encoder=pipe.text_encoder)
+
+
+def test_eval_emulate_dtype_reaches_load_pipeline(checkpoint, monkeypatch):
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(loading, "load_pipeline", spy)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--emulate-dtype", "float16"]) == 2
+    assert seen["emulate_dtype"] == "float16" and seen["dtype"] is None
+
+
+def test_eval_refuses_emulate_dtype_with_a_low_precision_dtype_in_one_line(checkpoint, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--dtype", "bfloat16", "--emulate-dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--emulate-dtype" in err[0] and "--dtype bfloat16" in err[0]
 
 
 def test_generate_flags_reach_load_pipeline(checkpoint, tmp_path, monkeypatch, capsys):

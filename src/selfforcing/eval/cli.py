@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="cpu", help="torch device for generation")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="generator precision (--checkpoint; default: float32 on the CPU): its quality cost")
+    p.add_argument("--emulate-dtype", choices=["bfloat16", "float16"], default=None, metavar="DTYPE",
+                   help="rounds like DTYPE (bfloat16 or float16), computes in fp32 (--checkpoint): for measuring "
+                        "its quality cost on CPUs without fast low-precision matmuls")
     p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the blocks (--checkpoint): its quality cost")
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks (--checkpoint)")
     p.set_defaults(func=run)
@@ -57,11 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu", *,
                      overrides: dict | None = None, text_encoder=None, dtype=None, fp8: bool = False,
-                     compile: bool = False) -> tuple[list, int]:
+                     compile: bool = False, emulate_dtype: str | None = None) -> tuple[list, int]:
     """Roll the generator out on the first `n` held-out prompts.
 
     Args:
-        dtype, fp8, compile: the speed and precision options of `load_pipeline` (to measure their quality cost).
+        dtype, fp8, compile, emulate_dtype: the speed and precision options of `load_pipeline` (to measure
+            their quality cost).
         overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
         text_encoder: an already built text encoder to reuse (None: the one the checkpoint's spec names).
     Returns:
@@ -73,7 +77,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     from selfforcing.world import extend_prompt, heldout_prompts, to_uint8
 
     pipe, spec = load_pipeline(checkpoint, device=device, overrides=overrides, text_encoder=text_encoder, dtype=dtype,
-                               fp8=fp8, compile=compile)
+                               fp8=fp8, compile=compile, emulate_dtype=emulate_dtype)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     if frames % factor:
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> Report:
         dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
         items, fps = generate_heldout(args.checkpoint, args.n or DEFAULT_PROMPTS, args.frames, args.seed,
                                       getattr(args, "device", "cpu"), dtype=dtype, fp8=getattr(args, "fp8", False),
-                                      compile=getattr(args, "compile", False))
+                                      compile=getattr(args, "compile", False),
+                                      emulate_dtype=getattr(args, "emulate_dtype", None))
         report = evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
     return report

@@ -126,6 +126,7 @@ def load_pipeline(
     text_encoder=None,
     compile: bool = False,
     fp8: bool = False,
+    emulate_dtype: str | None = None,
 ) -> tuple:
     """Load a streaming pipeline and its spec.
 
@@ -143,8 +144,17 @@ def load_pipeline(
             are slow while they compile.
         fp8: FP8 linear layers in the generator's blocks (`speed.apply_fp8`): fast FP8 matmuls on a CUDA GPU
             with torchao and a bfloat16 model, weight-only FP8 emulation (not faster) elsewhere.
+        emulate_dtype: "bfloat16" or "float16": the generator runs in float32 but rounds like that precision
+            (`speed.emulate_precision`), to measure its quality cost on a CPU without fast bf16 / fp16
+            matmuls; dtype must then be None or float32.
     """
     from ..io.checkpoints import load_transformer
+
+    if emulate_dtype is not None:
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"--emulate-dtype {emulate_dtype} rounds a float32 generator: drop "
+                             f"--dtype {str(dtype).removeprefix('torch.')} (or pass --dtype float32)")
+        dtype = torch.float32
 
     if checkpoint is None:
         checkpoint = default_checkpoint()
@@ -167,7 +177,7 @@ def load_pipeline(
         text_encoder = make_text_encoder(spec.text_encoder, spec.text_max_length)
     if text_encoder.dim != generator.config.text_dim:
         raise ValueError(f"text encoder gives {text_encoder.dim}-wide embeddings, the model takes {generator.config.text_dim}")
-    SpeedOptions(compile=compile, fp8=fp8).apply(generator)          # the dtype was set by .to() above
+    SpeedOptions(compile=compile, fp8=fp8, emulate_dtype=emulate_dtype).apply(generator)  # dtype: set by .to()
     latent = (spec.height // codec.spatial_factor, spec.width // codec.spatial_factor)
     if not generator.config.causal:  # a teacher or a base model: all frames at once
         from .teacher import BidirectionalPipeline

@@ -1,4 +1,5 @@
-"""Inference speed and precision options: dtype, FP8 linear layers, torch.compile (spec §5).
+"""Inference speed and precision options: dtype, FP8 linear layers, torch.compile (spec §5), and an
+emulation of bf16 / fp16 inference in float32 that measures its quality cost.
 
 The published streaming demo offers torch.compile and FP8 linear layers (torchao float8 dynamic activation
 + weight). Here both are applied to a finished `WanDiT` from outside, as torchtitan applies parallelism,
@@ -19,21 +20,51 @@ Only the linear layers inside the transformer blocks are converted (self- and cr
 and the FFN, 10 per block): they hold almost all the FLOPs, while the patch embedding, the text and time
 embeddings and the head are small and sensitive, so they keep the model's dtype, as in the usual FP8
 recipes.
+
+Low-precision emulation (`emulate_precision`): a bf16 (or fp16) model computes in float32 but rounds like
+the real `--dtype` path, so the quality cost of bf16 / fp16 inference can be scored at float32 speed on a CPU
+without fast bf16 / fp16 matmuls. What the real path (`model.to(dtype)` + the model's autocast, see
+`models/wan.py`) does, and how it is mirrored:
+- every floating parameter is cast, so every one is rounded in place (`.to(dtype).float()`), through the
+  same traversal as `.to(dtype)`: the norm weights and modulation tables are rounded too, although the
+  norms, the modulation and the residual stream then *compute* in float32 in both paths;
+- the matmuls (linear, patch-embedding conv3d, attention) run in the low dtype: their float32 inputs and
+  their outputs are rounded, the product runs in float32 (= float32 accumulation, as tensor cores do);
+- attention rounds q, k, v and its output, and the unnormalised softmax probabilities before the P·V
+  product, as flash-attention kernels (CUDA and CPU) do; the row sums and logits stay float32;
+- the q / k RMSNorms see a low-precision input and round twice (after normalising, after the weight),
+  as they do there.
+Activations (GELU, SiLU) are not rounded: the next linear layer rounds its input, which gives the same
+values; likewise the KV cache stays float32, and attention rounds what it reads. Linear, conv and the norms match a real CPU bf16 forward bit for bit; the attention kernel's
+blockwise softmax does not, and the difference grows through the layers, so the emulated output is as far
+from float32 as the real one but not equal to it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import types
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-from ..models.wan import WanDiT
+from ..models.wan import RMSNorm, WanDiT
 
-__all__ = ["Float8WeightLinear", "Fp8Conversion", "SpeedOptions", "apply_fp8", "compile_model", "fp8_layer_names"]
+__all__ = [
+    "Float8WeightLinear",
+    "Fp8Conversion",
+    "SpeedOptions",
+    "apply_fp8",
+    "compile_model",
+    "emulate_precision",
+    "emulated_dtype",
+    "fp8_layer_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +72,8 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448: the largest finite e4m3 value
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = ("float32", "bfloat16", "float16")
+EMULATED_DTYPES = ("bfloat16", "float16")
+ATTENTION_CHUNK = 2**24  # attention scores (float32) held at once by the emulated attention: 64 MiB
 
 
 class Float8WeightLinear(nn.Module):
@@ -177,6 +210,98 @@ def _apply_torchao(model: WanDiT, names: list[str]) -> Fp8Conversion:
     return Fp8Conversion("torchao", tuple(n for n in names if n in chosen))
 
 
+def _round(x, dtype: torch.dtype):
+    """A float32 tensor rounded to `dtype` and back; anything else unchanged."""
+    return x.to(dtype).float() if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+
+
+def _attention_rounding_p(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *,
+                          dtype: torch.dtype, **other) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` as a flash kernel runs it in `dtype`, computed in float32.
+
+    q: (B, h, N_q, d), k, v: (B, h, N_k, d), already rounded. The logits and the softmax row sums stay
+    float32; the unnormalised probabilities exp(s - max) are rounded before the P·V product. Processed in
+    query chunks so the scores never exceed `ATTENTION_CHUNK` values. Options WanDiT never passes (dropout,
+    is_causal, GQA) fall back to the kernel on rounded inputs.
+    """
+    if dropout_p or is_causal or other:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale=scale, **other)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    rows = max(1, ATTENTION_CHUNK // (math.prod(q.shape[:-2]) * n_k))
+    out = []
+    for i in range(0, n_q, rows):
+        s = q[..., i : i + rows, :] @ k.transpose(-2, -1) * scale           # (B, h, n, N_k)
+        if attn_mask is not None:
+            mask = attn_mask if attn_mask.shape[-2] == 1 else attn_mask[..., i : i + rows, :]
+            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+        p = (s - s.amax(-1, keepdim=True)).exp()                             # (B, h, n, N_k)
+        out.append((_round(p, dtype) @ v) / p.sum(-1, keepdim=True))         # (B, h, n, d)
+    return torch.cat(out, dim=-2)                                            # (B, h, N_q, d)
+
+
+class _LowPrecisionMatmuls(TorchFunctionMode):
+    """While active, the matmul ops round their float32 inputs and outputs to `dtype` (computing in float32).
+
+    The ops are those of torch's autocast lists that WanDiT calls: linear, the patch embedding's conv3d and
+    scaled-dot-product attention. Everything else runs untouched, in float32.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in (F.linear, F.conv3d, F.scaled_dot_product_attention):
+            return func(*args, **kwargs)
+        args = [_round(a, self.dtype) for a in args]
+        kwargs = {key: _round(a, self.dtype) for key, a in kwargs.items()}
+        if func is F.scaled_dot_product_attention:
+            func = partial(_attention_rounding_p, dtype=self.dtype)
+        return _round(func(*args, **kwargs), self.dtype)
+
+
+def emulated_dtype(model: WanDiT) -> torch.dtype | None:
+    """The dtype `emulate_precision` made the model round like, or None."""
+    return getattr(model.forward, "emulated_dtype", None)
+
+
+def emulate_precision(model: WanDiT, dtype: str | torch.dtype) -> None:
+    """Make a float32 WanDiT round like a bfloat16 / float16 one while computing in float32, in place.
+
+    See the module docstring for what is rounded. Apply it where the real path casts: before `apply_fp8`
+    (whose layers then dequantize their weights to `dtype`, as in a real bf16 model) and `compile_model`.
+
+    Args:
+        model: a float32 WanDiT (causal or not).
+        dtype: the precision to emulate, "bfloat16" or "float16" (or the torch dtype).
+    """
+    name = str(dtype).removeprefix("torch.")
+    if name not in EMULATED_DTYPES:
+        raise ValueError(f"cannot emulate {name}; choose from {', '.join(EMULATED_DTYPES)}")
+    if emulated_dtype(model) is not None:
+        raise ValueError(f"the model already emulates {emulated_dtype(model)}")
+    if model.dtype != torch.float32:
+        raise ValueError(f"emulating {name} computes in float32: the model must be float32, it is {model.dtype}")
+    dtype = getattr(torch, name)
+    # `_apply` is the traversal `.to(dtype)` uses, so exactly the tensors a real cast casts get rounded (an
+    # FP8 layer's storage and scales excepted, as there)
+    model._apply(lambda t: t.to(dtype).to(t.dtype) if t.is_floating_point() else t)
+    for norm in model.modules():
+        if isinstance(norm, RMSNorm):  # the q / k norms: fed a real low-precision tensor, as after a bf16 linear
+            norm.register_forward_pre_hook(lambda module, args: (args[0].to(dtype), *args[1:]))
+            norm.register_forward_hook(lambda module, args, out: _round(out, dtype))
+
+    def forward(self, *args, **kwargs):
+        with _LowPrecisionMatmuls(dtype):
+            return type(self).forward(self, *args, **kwargs)
+
+    forward.emulated_dtype = dtype
+    # bound on the instance (as in `compile_model`): other models stay untouched, a deepcopy rebinds
+    model.forward = types.MethodType(forward, model)
+
+
 def compile_model(model: WanDiT, mode: str = "default", *, dynamic: bool | None = None,
                   backend: str = "inductor") -> int:
     """torch.compile every transformer block in place (regional compilation); returns how many.
@@ -223,16 +348,23 @@ class SpeedOptions:
         compile: torch.compile the transformer blocks (`compile_model`).
         fp8: FP8 linear layers in the blocks (`apply_fp8`): fast on CUDA with torchao, emulated elsewhere.
         compile_mode: the torch.compile mode.
+        emulate_dtype: "bfloat16" or "float16": round like that precision while computing in float32
+            (`emulate_precision`), to measure its quality cost where its matmuls are slow; needs a float32 model.
     """
 
     dtype: str | None = None
     compile: bool = False
     fp8: bool = False
     compile_mode: str = "default"
+    emulate_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.emulate_dtype is not None and self.emulate_dtype not in EMULATED_DTYPES:
+            raise ValueError(f"cannot emulate {self.emulate_dtype!r}; choose from {', '.join(EMULATED_DTYPES)}")
+        if self.emulate_dtype is not None and self.dtype not in (None, "float32"):
+            raise ValueError(f"emulating {self.emulate_dtype} computes in float32, not {self.dtype}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {self.compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
 
@@ -241,9 +373,14 @@ class SpeedOptions:
         return getattr(torch, self.dtype) if self.dtype else None
 
     def apply(self, model: WanDiT) -> WanDiT:
-        """Cast, convert to FP8, then compile (compiling last so it sees the FP8 layers); in place."""
+        """Cast, emulate a precision, convert to FP8, then compile (compiling last so it sees the FP8
+        layers); in place."""
         if self.dtype is not None:
             model.to(dtype=self.torch_dtype)
+        if self.emulate_dtype is not None:
+            emulate_precision(model, self.emulate_dtype)
+            log.info("%s emulation: weights rounded, matmuls from rounded inputs in float32, outputs rounded",
+                     self.emulate_dtype)
         if self.fp8:
             log.info("%s", apply_fp8(model))
         if self.compile:
