@@ -48,6 +48,14 @@ def test_the_prompt_decides_the_colour(pipe):
     assert _colour_share(blue, 2) > _colour_share(red, 2)
 
 
+def test_free_wording_outside_the_caption_grammar(pipe):
+    """Words the world's captions never use still steer the colour, through the text encoder's embeddings."""
+    crimson = pipe("a crimson ball drifting to the left", num_frames=9, seeds=1).frames
+    azure = pipe("an azure ball drifting to the left", num_frames=9, seeds=1).frames
+    assert _colour_share(crimson, 0) > _colour_share(azure, 0)
+    assert _colour_share(azure, 2) > _colour_share(crimson, 2)
+
+
 def test_cli_generate_without_flags_uses_the_default(tmp_path):
     import imageio.v3 as iio
 
