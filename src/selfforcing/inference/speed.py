@@ -35,9 +35,10 @@ without fast bf16 / fp16 matmuls. What the real path (`model.to(dtype)` + the mo
 - the q / k RMSNorms see a low-precision input and round twice (after normalising, after the weight),
   as they do there.
 Activations (GELU, SiLU) are not rounded: the next linear layer rounds its input, which gives the same
-values; likewise the KV cache stays float32, and attention rounds what it reads. Linear, conv and the norms match a real CPU bf16 forward bit for bit; the attention kernel's
-blockwise softmax does not, and the difference grows through the layers, so the emulated output is as far
-from float32 as the real one but not equal to it.
+values; likewise the KV cache stays float32, and attention rounds what it reads. Linear, conv and the norms
+match a real CPU bf16 forward bit for bit; the attention kernel's blockwise softmax does not, and the
+difference grows through the layers, so the emulated output is as far from float32 as the real one but not
+equal to it.
 """
 
 from __future__ import annotations
