@@ -241,6 +241,18 @@ def test_bf16_autocast_option_runs(tmp_path):
     assert next(trainer.networks["model"].parameters()).dtype == torch.float32
 
 
+def test_auto_precision_is_resolved_for_the_device_and_stored(tmp_path):
+    from selfforcing.training.parallel import native_bf16
+
+    trainer = Trainer(tiny(tmp_path, "schedule.steps=2", "precision.autocast=auto", "checkpoint.every=2"))
+    expected = "bf16" if native_bf16("cpu") else "fp32"
+    assert trainer.config.precision.autocast == expected
+    trainer.fit()
+    stored = ckpt.load_state(ckpt.latest_checkpoint(tmp_path / "checkpoints"))["config"]
+    assert stored["precision"]["autocast"] == expected           # what ran, not "auto"
+    assert native_bf16("meta") is False                           # devices without matmuls never pick bf16
+
+
 def test_activation_checkpointing_gives_the_same_weights(tmp_path):
     plain = Trainer(tiny(tmp_path / "a", "schedule.steps=2"))
     plain.fit()

@@ -262,8 +262,9 @@ def _add_ode_pairs(sub) -> None:
     p.add_argument("--latent-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
                    help="latent frame shape with --text-encoder-path, e.g. 16 60 104 for 480x832")
     p.add_argument("--negative-prompt", default="", help="the prompt guidance pushes away from (default: empty)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="teacher precision (default: float32; bfloat16 on GPUs)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="teacher precision (default auto: bfloat16 where the device multiplies it natively, "
+                        "GPUs and CPUs with AVX-512 BF16 or AMX; float32 elsewhere)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
 
 
@@ -276,12 +277,17 @@ def cmd_ode_pairs(args) -> None:
     device = args.device
     if device == "cuda":                                     # torchrun: one GPU per process
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dtype = args.dtype
+    if dtype == "auto":
+        from .training.parallel import native_bf16
+
+        dtype = "bfloat16" if native_bf16(device) else "float32"
     out = generate_ode_pairs(ODEPairsConfig(
         teacher=args.teacher, out=args.out, n=args.n, num_steps=args.steps, guidance=args.guidance,
         shift=args.shift, num_frames=args.frames, batch_size=args.batch_size, seed=args.seed,
         prompts_file=args.prompts, text_encoder_path=args.text_encoder_path,
         latent_shape=tuple(args.latent_shape) if args.latent_shape else None, negative_prompt=args.negative_prompt,
-        dtype=args.dtype, rank=rank, world_size=world_size,
+        dtype=dtype, rank=rank, world_size=world_size,
     ), device=device, progress=rank == 0)
     share = len(range(rank, args.n, world_size))
     print(f"wrote {share} of {args.n} trajectories to {out}" if world_size > 1 else

@@ -258,8 +258,12 @@ class Trainer:
             raise ValueError(f"unknown algorithm {config.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.config = config
         self.ctx = ctx or parallel.init_parallel(config.device, config.parallel.backend)
+        if config.precision.autocast == "auto":                # resolved once: checkpoints store the choice
+            choice = "bf16" if parallel.native_bf16(self.ctx.device) else "fp32"
+            config = config.replace(precision=dataclasses.replace(config.precision, autocast=choice))
+            log.info("precision.autocast=auto: %s on %s", choice, self.ctx.device)
+        self.config = config
         s = config.schedule
         if s.batch_size % (s.grad_accum * self.ctx.world_size):
             raise ValueError(f"schedule.batch_size {s.batch_size} must be divisible by grad_accum {s.grad_accum} "
