@@ -376,8 +376,9 @@ def train_preset_names() -> list[str]:
 def teacher_world() -> TrainConfig:
     """The world's bidirectional teacher (`world` model, 21-frame 64x64 clips): 4000 steps of 4 clips, about
     2.4 hours of 2-core CPU training at the measured 1.9 samples/s (fp32, AVX2); bf16 autocast where the CPU
-    has AVX-512 BF16 or AMX (measured 4.3 samples/s on a 2-core AVX-512 BF16 CPU, 2.8 in fp32 there). An hour (1600 steps) was not
-    enough: samples were still scattered specks, one per token, instead of a few coherent objects."""
+    has AVX-512 BF16 or AMX (measured 4.3 samples/s on a 2-core AVX-512 BF16 CPU, 2.8 in fp32 there). An hour
+    (1600 steps) was not enough: samples were still scattered specks, one per token, instead of a few coherent
+    objects."""
     return TrainConfig(
         name="teacher-world",
         out_dir="runs/teacher-world",
