@@ -52,6 +52,10 @@ def test_info(checkpoint, capsys):
         (["generate", "x", "-o", "{tmp}/a.mp4", "--checkpoint", "{junk}"], "neither"),
         (["info", "{tmp}/nope"], "does not exist"),
         (["info", "{junk}"], "neither"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "banana"], "not a torch device"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "cuda:99"], "CUDA device"),
+        (["ode-pairs", "{ckpt}", "-o", "{tmp}/pairs", "--device", "cuda:99"], "CUDA device"),
+        (["train", "teacher-tiny", "--out", "{tmp}/run", "--set", "device=cuda:99"], "device=cuda:99"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path, checkpoint, capsys):

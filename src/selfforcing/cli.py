@@ -345,6 +345,26 @@ COMMANDS = {"generate": cmd_generate, "info": cmd_info, "bench": cmd_bench, "ode
             "encode-videos": cmd_encode_videos, "export": cmd_export}
 
 
+def check_device(name: str, flag: str = "--device") -> None:
+    """Raise a one-line ValueError for a device this machine cannot run on (before any work starts);
+    `flag` names the option in the message: "--device" (a command-line flag) or "device" (a config field)."""
+    import torch
+
+    what = f"{flag} {name}" if flag.startswith("-") else f"{flag}={name}"
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{what}: not a torch device ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}: no CUDA device is available here (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type not in ("cpu", "meta") and not getattr(torch, device.type).is_available():
+        raise ValueError(f"{what}: no {device.type} device is available here")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -355,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        if getattr(args, "device", None):
+            check_device(args.device)
         if args.command == "world":
             from .world import cli as world_cli
 

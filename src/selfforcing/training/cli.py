@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> None:
         return
     from .trainer import train
 
+    if config.device != "auto":
+        from ..cli import check_device
+
+        check_device(config.device, flag="device")
     train(config, resume=args.resume)
 
 
