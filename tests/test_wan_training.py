@@ -86,6 +86,7 @@ def test_ode_pairs_in_parts_read_as_one_set(files, pairs, tmp_path):
         generate_ode_pairs(ODEPairsConfig(
             teacher=str(wan_dir), out=str(tmp_path), n=4, num_steps=4, num_frames=FRAMES, batch_size=2, guidance=2.0,
             prompts_file=str(prompts), text_encoder_path=str(wan_dir), latent_shape=LATENT, rank=rank, world_size=2,
+            dtype="float32",                                                   # as the single-process set
         ), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-000-of-002", "part-001-of-002"]
     parts, single = ODEPairDataset(tmp_path), ODEPairDataset(pairs)

@@ -277,17 +277,12 @@ def cmd_ode_pairs(args) -> None:
     device = args.device
     if device == "cuda":                                     # torchrun: one GPU per process
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    dtype = args.dtype
-    if dtype == "auto":
-        from .training.parallel import native_bf16
-
-        dtype = "bfloat16" if native_bf16(device) else "float32"
     out = generate_ode_pairs(ODEPairsConfig(
         teacher=args.teacher, out=args.out, n=args.n, num_steps=args.steps, guidance=args.guidance,
         shift=args.shift, num_frames=args.frames, batch_size=args.batch_size, seed=args.seed,
         prompts_file=args.prompts, text_encoder_path=args.text_encoder_path,
         latent_shape=tuple(args.latent_shape) if args.latent_shape else None, negative_prompt=args.negative_prompt,
-        dtype=dtype, rank=rank, world_size=world_size,
+        dtype=args.dtype, rank=rank, world_size=world_size,
     ), device=device, progress=rank == 0)
     share = len(range(rank, args.n, world_size))
     print(f"wrote {share} of {args.n} trajectories to {out}" if world_size > 1 else

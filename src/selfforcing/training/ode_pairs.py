@@ -19,6 +19,7 @@ the W processes samples the trajectories i ≡ rank (mod W) into its own part fo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ class ODEPairsConfig:
         text_encoder_path: a Wan2.1 folder whose UMT5 encodes the prompts (a teacher without a recorded spec).
         latent_shape: (C, H, W) of a latent frame (with `text_encoder_path`).
         negative_prompt: the prompt guidance pushes away from ("" the empty prompt).
-        dtype: the teacher's (and UMT5's on a GPU) precision, "float32" or "bfloat16".
+        dtype: the teacher's (and UMT5's on a GPU) precision, "float32", "bfloat16" or "auto" (bf16 where the
+            device multiplies it natively: `training.parallel.native_bf16`, resolved by `generate_ode_pairs`).
         rank, world_size: this process's share: trajectories i ≡ rank (mod world_size), in its part folder.
     """
 
@@ -80,7 +82,7 @@ class ODEPairsConfig:
     text_encoder_path: str | None = None
     latent_shape: tuple[int, int, int] | None = None
     negative_prompt: str = ""
-    dtype: str = "float32"
+    dtype: str = "auto"
     rank: int = 0
     world_size: int = 1
 
@@ -96,8 +98,8 @@ class ODEPairsConfig:
                              "folder with UMT5) and the latent shape (C, H, W)")
         if self.latent_shape is not None and (len(self.latent_shape) != 3 or min(self.latent_shape) < 1):
             raise ValueError(f"latent_shape must be three positive numbers (C, H, W), got {self.latent_shape}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16 or auto, got {self.dtype!r}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
 
@@ -175,6 +177,11 @@ def generate_ode_pairs(config: ODEPairsConfig, *, device: str = "cpu", progress:
     if not Path(config.teacher).exists():
         raise ValueError(f"teacher checkpoint {config.teacher!r} does not exist")
     device = torch.device(device)
+    if config.dtype == "auto":
+        from .parallel import native_bf16
+
+        config = dataclasses.replace(config, dtype="bfloat16" if native_bf16(device) else "float32")
+        log.info("ode pairs in %s on %s", config.dtype, device)
     teacher = load_transformer(config.teacher, causal=False, device=device,
                                dtype=getattr(torch, config.dtype)).eval()
     encoder, (channels, height, width), guidance = _encoder_and_latents(config, teacher, device)
