@@ -199,3 +199,32 @@ def test_x0_prediction_returns_the_velocity_of_the_heads_clean_estimate(causal):
             chunks = [x0_model(x[:, s:s + k], t[:, s:s + k], ctx, kv_cache=kv, cross_cache=cross, start_frame=s)
                       for s in range(0, 4, k)]
         torch.testing.assert_close(torch.cat(chunks, 1), v, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sigma_data, skip_scale", [(1.0, None), (0.5, None), (1.0, 0.2)])
+def test_edm_prediction_is_the_preconditioned_clean_estimate_and_stays_finite_at_zero_noise(sigma_data, skip_scale):
+    """Same weights: x_t - σ v of the "edm" head is c_skip x_t + c_out F (F: the raw head), c_skip the best linear
+    estimate for data of std s and c_out the std of the rest; at σ = 0 the clean input comes back exactly, at
+    σ = 1 the estimate is σ_d F alone."""
+    from selfforcing.config import get_preset
+    from selfforcing.models.wan import WanDiT
+
+    cfg = get_preset("tiny").replace(causal=True, num_frame_per_block=2)
+    torch.manual_seed(0)
+    raw_model = WanDiT(cfg)
+    edm_model = WanDiT(cfg.replace(prediction="edm", sigma_data=sigma_data, skip_scale=skip_scale))
+    edm_model.load_state_dict(raw_model.state_dict())
+    x = torch.randn(2, 4, cfg.in_dim, 4, 4)
+    t = torch.tensor([[1000.0, 500.0, 20.0, 0.0], [300.0, 300.0, 300.0, 300.0]])
+    ctx = torch.randn(2, 5, cfg.text_dim)
+    with torch.no_grad():
+        head = raw_model(x, t, ctx)
+        v = edm_model(x, t, ctx)
+    assert torch.isfinite(v).all()
+    sigma = (t / 1000)[:, :, None, None, None]
+    s = sigma_data if skip_scale is None else skip_scale
+    c_skip = s**2 * (1 - sigma) / ((1 - sigma) ** 2 * s**2 + sigma**2)
+    c_out = ((1 - c_skip * (1 - sigma)) ** 2 * sigma_data**2 + c_skip**2 * sigma**2).sqrt()   # std of the rest
+    torch.testing.assert_close(x - sigma * v, c_skip * x + c_out * head, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((x - sigma * v)[0, 3], x[0, 3])                       # σ = 0: the input
+    torch.testing.assert_close((x - sigma * v)[0, 0], sigma_data * head[0, 0], atol=1e-5, rtol=1e-5)

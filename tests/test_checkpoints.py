@@ -161,6 +161,22 @@ def test_config_overrides_change_layout_not_weights(model, saved):
         load_transformer(saved["own"], overrides={"frames_per_block": 1})
 
 
+def test_a_replacing_config_must_read_the_head_as_it_was_trained(model, saved, tmp_path):
+    """Loading velocity weights as an "edm" head (or "edm" with another σ_d) would misread every output."""
+    assert model.config.prediction == "velocity"
+    with pytest.raises(CheckpointError, match="trained with prediction=velocity.*set model.prediction=velocity"):
+        load_transformer(saved["own"], config=model.config.replace(prediction="edm"))
+    edm = WanDiT(model.config.replace(prediction="edm", sigma_data=0.5))
+    save_transformer(edm, tmp_path / "edm.safetensors")
+    with pytest.raises(CheckpointError, match="sigma_data=0.5"):
+        load_transformer(tmp_path / "edm.safetensors", config=edm.config.replace(sigma_data=1.0))
+    with pytest.raises(CheckpointError, match="skip_scale=None.*skip_scale=0.2"):
+        load_transformer(tmp_path / "edm.safetensors", config=edm.config.replace(skip_scale=0.2))
+    assert load_transformer(tmp_path / "edm.safetensors", config=edm.config.replace(causal=True)).config.causal
+    with pytest.raises(CheckpointError, match="prediction=velocity"):          # Wan's own layout: velocity
+        load_transformer(saved["wan"], config=model.config.replace(prediction="edm"))
+
+
 def test_causal_layout_survives_the_outside_layouts(tmp_path):
     causal = _random_model(causal=True).eval()
     for save in (save_wan, save_diffusers):

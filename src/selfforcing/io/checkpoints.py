@@ -314,6 +314,8 @@ def _resolve_config(src: _Source, config, causal, overrides) -> WanConfig:
     if isinstance(config, str):
         config = get_preset(config)
     fields = config.to_dict() if config is not None else dict(src.config_fields)
+    if config is not None:
+        _check_same_head(src, fields)
     if causal is not None:
         fields["causal"] = causal
     if overrides:
@@ -330,6 +332,25 @@ def _resolve_config(src: _Source, config, causal, overrides) -> WanConfig:
         return WanConfig.from_dict(fields)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"invalid config for {src.root}: {e}") from e
+
+
+def _check_same_head(src: _Source, fields: Mapping) -> None:
+    """A config that replaces the stored one must read the head's output as it was trained: the same
+    `prediction` (and, for "edm", the same `sigma_data` and `skip_scale`), or every output would silently mean
+    something else."""
+    stored = src.config_fields
+    if "prediction" not in stored:         # inferred from shapes alone (an official .pt): nothing to compare
+        return
+
+    def head(f: Mapping) -> str:
+        kind = f.get("prediction", "velocity")
+        if kind != "edm":
+            return f"prediction={kind}"
+        return f"prediction=edm sigma_data={float(f.get('sigma_data', 1.0))} skip_scale={f.get('skip_scale')}"
+
+    if head(fields) != head(stored):
+        raise CheckpointError(f"{src.root} was trained with {head(stored)} but the config asks for "
+                              f"{head(fields)}: set model.{head(stored).replace(' ', ' model.')} to load it")
 
 
 def _listing(items: list[str], limit: int = 5) -> str:

@@ -256,8 +256,8 @@ class WanDiT(nn.Module):
         start_frame: int = 0,
         hidden_layers: tuple[int, ...] = (),
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Predict the flow (velocity) of a noisy latent video (with `config.prediction == "x0"` the head
-        predicts the clean video and the velocity it implies is returned).
+        """Predict the flow (velocity) of a noisy latent video (with `config.prediction` "x0" or "edm" the
+        head predicts the clean video, directly or preconditioned, and the velocity it implies is returned).
 
         Args:
             x: (B, F, C, H, W) noisy latents (one chunk when `kv_cache` is given).
@@ -335,9 +335,16 @@ class WanDiT(nn.Module):
         if clean_x is not None:
             out, e = out[:, num_frames * tokens_per_frame :], e[:, num_frames:]
         out = self._unpatchify(out, num_frames, h, w)                       # (B, F, C, H, W)
-        if cfg.prediction == "x0":                                          # v = (x_t - x0) / σ
+        if cfg.prediction != "velocity":
             sigma = (t.float() / 1000).expand(batch, num_frames) if t.dim() == 2 else \
                 (t.float() / 1000)[:, None].expand(batch, num_frames)
-            sigma = sigma.clamp(min=cfg.min_sigma)[:, :, None, None, None]
-            out = (x.float() - out) / sigma
+            sigma = sigma[:, :, None, None, None]                           # (B, F, 1, 1, 1)
+            if cfg.prediction == "x0":                                      # v = (x_t - x0) / σ
+                out = (x.float() - out) / sigma.clamp(min=cfg.min_sigma)
+            else:                                                           # "edm": see WanConfig.prediction
+                var = cfg.sigma_data ** 2
+                s2 = (cfg.skip_scale if cfg.skip_scale is not None else cfg.sigma_data) ** 2
+                d = (1 - sigma) ** 2 * s2 + sigma ** 2
+                c_f = (sigma ** 2 * var + s2 ** 2 * (1 - sigma) ** 2).sqrt()  # c_out / σ times D
+                out = ((sigma - s2 * (1 - sigma)) * x.float() - c_f * out) / d
         return out, hidden
