@@ -56,6 +56,7 @@ def test_info(checkpoint, capsys):
         (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "cuda:99"], "CUDA device"),
         (["ode-pairs", "{ckpt}", "-o", "{tmp}/pairs", "--device", "cuda:99"], "CUDA device"),
         (["train", "teacher-tiny", "--out", "{tmp}/run", "--set", "device=cuda:99"], "device=cuda:99"),
+        (["eval", "--denoising", "{tmp}/nope.safetensors"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path, checkpoint, capsys):
@@ -105,3 +106,26 @@ def test_generate_past_the_training_length_rolls_the_cache(checkpoint, tmp_path,
                      "--frames", "30"]) == 0
     assert "rolling cache of 6 frames (3 sink)" in caplog.text
     assert iio.imread(out).shape[0] == 30
+
+
+def test_eval_denoising_measures_the_x0_error_per_noise_level(checkpoint, tmp_path, capsys):
+    """Every noise level is reported, the noisy input's own error grows with σ, and a velocity model that
+    predicts v = 0 (x̂0 = x_t: it leaves its input as it is) scores exactly the input's error."""
+    from selfforcing.eval.denoising import DEFAULT_SIGMAS
+
+    assert main(["eval", "--denoising", str(checkpoint), "--n", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["sigma"] for r in rows] == list(DEFAULT_SIGMAS)
+    assert [r["input_mse"] for r in rows] == sorted(r["input_mse"] for r in rows)
+    assert all(r["x0_mse"] >= 0 and r["x0_mse"] != r["input_mse"] for r in rows)   # a random x0 head
+
+    still = WanDiT(get_preset("world-causal").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1,
+                                                      prediction="velocity"))
+    with torch.no_grad():
+        still.head.head.weight.zero_()
+        still.head.head.bias.zero_()
+    path = tmp_path / "still.safetensors"
+    save_transformer(still, path, extra_metadata={PIPELINE_METADATA_KEY: json.dumps(PipelineSpec(train_frames=6).to_dict())})
+    assert main(["eval", "--denoising", str(path), "--n", "2", "--json"]) == 0
+    for r in json.loads(capsys.readouterr().out):
+        assert r["x0_mse"] == pytest.approx(r["input_mse"], rel=1e-5)

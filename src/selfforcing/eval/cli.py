@@ -6,6 +6,7 @@ The main CLI hands its subparsers to `add_parser` and calls `run` with the parse
     selfforcing eval --checkpoint gen.safetensors --n 16 --frames 21 [--seed 0] [--json]
     selfforcing eval --checkpoint gen.safetensors --frames 240 --window 16    # a long-rollout drift curve
     selfforcing eval --calibrate [--n 32]              # real renders against corrupted copies
+    selfforcing eval --denoising model.safetensors [--n 12]   # x0 error per noise level on unseen world clips
 
 With --checkpoint the generator rolls out the first N held-out prompts (short captions, extended by the
 world's prompt extender when the checkpoint asks for it) and each video is scored against the prompt it
@@ -36,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--calibrate", action="store_true",
                         help="score real held-out renders and corrupted copies (noise, frozen, shuffled, wrong "
                              "colour, wrong direction, blur, flicker): how far each kind of damage moves the scores")
+    source.add_argument("--denoising", metavar="PATH",
+                        help="x0 error of this world model per noise level on real clips it never trained on "
+                             "(12 by default), next to the error of the noisy input itself")
     p.add_argument("--json", action="store_true", help="print machine-readable scores")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per generated video (--checkpoint; default: the training length)")
@@ -114,6 +118,14 @@ def run(args: argparse.Namespace) -> Report:
         table = calibration_table(args.n or 32, frames=frames, seed=args.seed)
         print(json.dumps(table, indent=2) if args.json else format_calibration(table))
         return table
+    if getattr(args, "denoising", None):
+        from selfforcing.eval.denoising import denoising_errors, format_denoising
+
+        if not Path(args.denoising).exists():
+            raise ValueError(f"checkpoint {args.denoising!r} does not exist")
+        rows = denoising_errors(args.denoising, n=args.n or 12, device=getattr(args, "device", "cpu"))
+        print(json.dumps(rows, indent=2) if args.json else format_denoising(rows))
+        return rows
     if args.videos is not None:
         report = evaluate_folder(args.videos, limit=args.n, window=args.window, reference=args.reference)
     else:
