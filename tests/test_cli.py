@@ -54,6 +54,7 @@ def test_info(checkpoint, capsys):
         (["info", "{junk}"], "neither"),
         (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "banana"], "not a torch device"),
         (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "cuda:99"], "CUDA device"),
+        (["generate", "x", "-o", "{tmp}/a.mp4", "--device", "xla"], "no xla device"),
         (["ode-pairs", "{ckpt}", "-o", "{tmp}/pairs", "--device", "cuda:99"], "CUDA device"),
         (["train", "teacher-tiny", "--out", "{tmp}/run", "--set", "device=cuda:99"], "device=cuda:99"),
         (["eval", "--denoising", "{tmp}/nope.safetensors"], "does not exist"),

@@ -356,7 +356,8 @@ def check_device(name: str, flag: str = "--device") -> None:
             raise ValueError(f"{what}: no CUDA device is available here (torch {torch.__version__})")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{what}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type not in ("cpu", "meta") and not getattr(torch, device.type).is_available():
+    elif device.type not in ("cpu", "meta") and not getattr(getattr(torch, device.type, None), "is_available",
+                                                            lambda: False)():
         raise ValueError(f"{what}: no {device.type} device is available here")
 
 
