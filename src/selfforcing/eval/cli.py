@@ -119,11 +119,11 @@ def run(args: argparse.Namespace) -> Report:
         print(json.dumps(table, indent=2) if args.json else format_calibration(table))
         return table
     if getattr(args, "denoising", None):
-        from selfforcing.eval.denoising import denoising_errors, format_denoising
+        from selfforcing.eval.denoising import DEFAULT_CLIPS, denoising_errors, format_denoising
 
         if not Path(args.denoising).exists():
             raise ValueError(f"checkpoint {args.denoising!r} does not exist")
-        rows = denoising_errors(args.denoising, n=args.n or 12, device=getattr(args, "device", "cpu"))
+        rows = denoising_errors(args.denoising, n=args.n or DEFAULT_CLIPS, device=getattr(args, "device", "cpu"))
         print(json.dumps(rows, indent=2) if args.json else format_denoising(rows))
         return rows
     if args.videos is not None:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_SIGMAS", "UNSEEN_SEED", "denoising_errors", "format_denoising"]
+__all__ = ["DEFAULT_CLIPS", "DEFAULT_SIGMAS", "UNSEEN_SEED", "denoising_errors", "format_denoising"]
 
+DEFAULT_CLIPS = 12
 DEFAULT_SIGMAS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.3, 0.5, 0.8, 0.9, 0.95, 0.975)
 UNSEEN_SEED = 12345
 
 
 @torch.no_grad()
-def denoising_errors(checkpoint: str, *, n: int = 12, sigmas=DEFAULT_SIGMAS, seed: int = UNSEEN_SEED,
-                     batch_size: int = 4, device: str = "cpu") -> list[dict]:
+def denoising_errors(checkpoint: str, *, n: int = DEFAULT_CLIPS, sigmas=DEFAULT_SIGMAS,
+                     seed: int = UNSEEN_SEED, batch_size: int = 4, device: str = "cpu") -> list[dict]:
     """x0 mean squared error (in the model's normalised latent space) per noise level.
 
     Args:
@@ -34,6 +35,7 @@ def denoising_errors(checkpoint: str, *, n: int = 12, sigmas=DEFAULT_SIGMAS, see
     Returns:
         [{"sigma", "x0_mse", "input_mse"}] in the order of `sigmas`.
     """
+    from selfforcing.diffusion.flow import FlowMatching
     from selfforcing.inference.loading import load_pipeline
     from selfforcing.world import WorldDataConfig, WorldDataset
 
@@ -53,14 +55,16 @@ def denoising_errors(checkpoint: str, *, n: int = 12, sigmas=DEFAULT_SIGMAS, see
     x0 = pipe.codec.encode(torch.stack([it[0] for it in items]).to(device)).float()   # (n, F, C, H, W)
     context = pipe.text_encoder.encode([it[2] for it in items]).to(device)           # detailed captions
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    flow = FlowMatching()                                                           # σ = t / 1000 exactly
     rows = []
     for sigma in sigmas:
-        x_t = (1 - sigma) * x0 + sigma * eps
+        t = flow.timestep_of(torch.tensor(float(sigma)))
+        x_t = flow.add_noise(x0, eps, t)
         err = 0.0
         for b in range(0, n, batch_size):
             x, c = x_t[b:b + batch_size], context[b:b + batch_size]
-            t = torch.full(x.shape[:2], 1000.0 * sigma, device=device)               # (b, F) per frame
-            x0_hat = x - sigma * model(x, t, c).float()
+            t_frames = t.expand(x.shape[:2]).to(device)                                # (b, F) per frame
+            x0_hat = flow.x0_from_velocity(x, model(x, t_frames, c).float(), t_frames)
             err += float((x0_hat - x0[b:b + batch_size]).pow(2).sum())
         rows.append({"sigma": float(sigma), "x0_mse": err / x0.numel(),
                      "input_mse": float((x_t - x0).pow(2).mean())})
