@@ -172,23 +172,29 @@ def test_gradient_step_with_cache(make_model):
     assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0  # text keys are not frozen by the cache
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_x0_prediction_returns_the_velocity_of_the_heads_clean_estimate(causal):
-    """Same weights: the x0 head's velocity is (x_t - head) / σ, so x_t - σ v gives the head's output back."""
+def _raw_head_and_velocity(t, causal, **head_fields):
+    """A tiny model with a velocity head and the same weights read as another head (`head_fields`): returns
+    that model, the inputs x and ctx, the raw head output F and the other model's velocity at timesteps t."""
     from selfforcing.config import get_preset
     from selfforcing.models.wan import WanDiT
 
     cfg = get_preset("tiny").replace(causal=causal, num_frame_per_block=2)
     torch.manual_seed(0)
-    velocity_model = WanDiT(cfg)
-    x0_model = WanDiT(cfg.replace(prediction="x0"))
-    x0_model.load_state_dict(velocity_model.state_dict())
+    raw_model = WanDiT(cfg)
+    model = WanDiT(cfg.replace(**head_fields))
+    model.load_state_dict(raw_model.state_dict())
     x = torch.randn(2, 4, cfg.in_dim, 4, 4)
-    t = torch.tensor([[900.0, 500.0, 20.0, 0.0], [300.0, 300.0, 300.0, 300.0]])
     ctx = torch.randn(2, 5, cfg.text_dim)
     with torch.no_grad():
-        head = velocity_model(x, t, ctx)
-        v = x0_model(x, t, ctx)
+        return model, x, ctx, raw_model(x, t, ctx), model(x, t, ctx)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_x0_prediction_returns_the_velocity_of_the_heads_clean_estimate(causal):
+    """Same weights: the x0 head's velocity is (x_t - head) / σ, so x_t - σ v gives the head's output back."""
+    t = torch.tensor([[900.0, 500.0, 20.0, 0.0], [300.0, 300.0, 300.0, 300.0]])
+    x0_model, x, ctx, head, v = _raw_head_and_velocity(t, causal, prediction="x0")
+    cfg = x0_model.config
     sigma = (t / 1000).clamp(min=cfg.min_sigma)[:, :, None, None, None]
     torch.testing.assert_close(x - sigma * v, head, atol=1e-5, rtol=1e-5)
     if causal:                                   # the cache still equals the parallel forward
@@ -206,20 +212,8 @@ def test_edm_prediction_is_the_preconditioned_clean_estimate_and_stays_finite_at
     """Same weights: x_t - σ v of the "edm" head is c_skip x_t + c_out F (F: the raw head), c_skip the best linear
     estimate for data of std s and c_out the std of the rest; at σ = 0 the clean input comes back exactly, at
     σ = 1 the estimate is σ_d F alone."""
-    from selfforcing.config import get_preset
-    from selfforcing.models.wan import WanDiT
-
-    cfg = get_preset("tiny").replace(causal=True, num_frame_per_block=2)
-    torch.manual_seed(0)
-    raw_model = WanDiT(cfg)
-    edm_model = WanDiT(cfg.replace(prediction="edm", sigma_data=sigma_data, skip_scale=skip_scale))
-    edm_model.load_state_dict(raw_model.state_dict())
-    x = torch.randn(2, 4, cfg.in_dim, 4, 4)
     t = torch.tensor([[1000.0, 500.0, 20.0, 0.0], [300.0, 300.0, 300.0, 300.0]])
-    ctx = torch.randn(2, 5, cfg.text_dim)
-    with torch.no_grad():
-        head = raw_model(x, t, ctx)
-        v = edm_model(x, t, ctx)
+    _, x, _, head, v = _raw_head_and_velocity(t, True, prediction="edm", sigma_data=sigma_data, skip_scale=skip_scale)
     assert torch.isfinite(v).all()
     sigma = (t / 1000)[:, :, None, None, None]
     s = sigma_data if skip_scale is None else skip_scale
