@@ -12,7 +12,7 @@ import torch
 from selfforcing.training import checkpoint as ckpt
 from selfforcing.training.cli import add_parser, run
 from selfforcing.training.config import TrainConfig, load_config, resolve_config, train_preset
-from selfforcing.training.data import micro_positions, sample_index
+from selfforcing.training.data import MicroBatches, micro_positions, sample_index
 from selfforcing.training.ema import EMA
 from selfforcing.training.overrides import apply_overrides
 from selfforcing.training.trainer import Trainer, lr_at
@@ -56,6 +56,8 @@ def test_overrides_are_parsed_and_typed():
     ("optim.betas=0.9", "expected 2 values"),
     ("schedule.grad_accum=3", "not divisible"),
     ("lr", "not of the form key=value"),
+    ("data.image_every=2", "needs data.image_batch_size"),
+    ("data.image_every=-1", "must be non-negative"),
 ])
 def test_bad_overrides_raise_one_line(override, message):
     with pytest.raises(ValueError, match=None) as info:
@@ -210,6 +212,45 @@ def test_data_order_partitions_the_global_batch():
     epoch = [sample_index(g, 10, seed=3) for g in range(10)]
     assert sorted(epoch) == list(range(10)) and epoch != list(range(10))
     assert [sample_index(g, 10, seed=3) for g in range(10, 20)] != epoch      # a fresh order every epoch
+
+
+def test_image_steps_take_single_frames_from_their_own_stream(tmp_path):
+    cfg = tiny(tmp_path, "data.image_every=2", "data.image_batch_size=6", "schedule.steps=4")
+    data, clips_only = MicroBatches(cfg), MicroBatches(tiny(tmp_path, "schedule.steps=4"))
+    shapes = [tuple(data[k]["video"].shape[:2]) for k in range(4)]
+    assert shapes == [(4, 3), (6, 1), (4, 3), (6, 1)]                    # steps 1 and 3 are image steps
+    for k in (0, 2):                                                     # clip steps are untouched
+        torch.testing.assert_close(data[k]["video"], clips_only[k]["video"])
+        assert data[k]["captions"] == clips_only[k]["captions"]
+    torch.testing.assert_close(data[1]["video"], data[1]["video"])      # a pure function of the step
+    assert not torch.equal(data[1]["seeds"], data[3]["seeds"])
+    # accumulation and ranks cut an image step like any other: together they see the same frames
+    halves = [MicroBatches(dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, grad_accum=2)))[k]
+              for k in (2, 3)]
+    torch.testing.assert_close(torch.cat([h["video"] for h in halves]), data[1]["video"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (("algorithm=ode-init",), "train the bidirectional teacher only"),
+    (("data.source=prompts",), "needs data.source=world"),
+    (("schedule.grad_accum=4",), "not divisible by schedule.grad_accum"),
+])
+def test_image_steps_refuse_what_they_cannot_train(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(tmp_path, "data.image_every=2", "data.image_batch_size=6", *changes)
+
+
+def test_resume_with_image_steps_is_bitwise_identical(tmp_path):
+    cfg = tiny(tmp_path / "a", "schedule.steps=4", "checkpoint.every=2", "data.image_every=2",
+               "data.image_batch_size=6")
+    straight = Trainer(cfg)
+    straight.fit()
+    killed_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"))
+    Trainer(killed_cfg).fit(until=3)            # checkpoint at step 2; step 3 (an image step) is lost
+    resumed = Trainer(killed_cfg, resume=True)
+    resumed.fit()
+    for name, a in params(straight.networks["model"]).items():
+        assert torch.equal(a, params(resumed.networks["model"])[name]), name
 
 
 def test_grad_accumulation_matches_one_big_batch(tmp_path):

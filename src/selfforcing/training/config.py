@@ -70,6 +70,11 @@ class DataConfig:
             VAE latents of 480x832 video; None: the world codec's (3 p², size / p, size / p). Such runs read
             no videos (sources "prompt-file", "prompts", "ode-pairs", "latents").
         num_workers: DataLoader worker processes rendering clips (0: render in the training process).
+        image_every: k > 0 makes every k-th optimizer step (steps k - 1, 2k - 1, ...) an image step: it trains
+            on `image_batch_size` single frames of other scenes instead of on clips (joint image-video training,
+            as Wan is trained: a frame costs a small fraction of a clip, so the per-frame prior of shapes and
+            colours sees many more scenes per second). World data and the teacher only; 0: clips only.
+        image_batch_size: single frames in an image step (the global batch of that step).
     """
 
     source: Literal["world", "prompts", "prompt-file", "ode-pairs", "latents"] = "world"
@@ -91,6 +96,8 @@ class DataConfig:
     latent_norm: Literal["world", "none"] = "world"
     latent_shape: tuple[int, int, int] | None = None
     num_workers: int = 0
+    image_every: int = 0
+    image_batch_size: int = 0
 
     def __post_init__(self) -> None:
         if min(self.length, self.num_frames, self.size, self.max_objects, self.codec_patch, self.text_max_length) < 1:
@@ -101,6 +108,13 @@ class DataConfig:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
         if self.max_start_frame < 0 or self.num_workers < 0:
             raise ValueError("max_start_frame and num_workers must be non-negative")
+        if self.image_every < 0 or self.image_batch_size < 0:
+            raise ValueError("image_every and image_batch_size must be non-negative")
+        if self.image_every and not self.image_batch_size:
+            raise ValueError("data.image_every needs data.image_batch_size (single frames per image step)")
+        if self.image_every and self.source != "world":
+            raise ValueError(f"image steps read rendered frames: data.image_every needs data.source=world, "
+                             f"not {self.source}")
         if self.source == "ode-pairs" and not self.ode_pairs:
             raise ValueError("data.source=ode-pairs needs data.ode_pairs (a folder from `selfforcing ode-pairs`)")
         if self.source == "latents" and not self.latents:
@@ -320,6 +334,12 @@ class TrainConfig:
             raise ValueError(f"{where} gives {channels} latent channels but model.in_dim / out_dim are "
                              f"{self.model.in_dim} / {self.model.out_dim}")
         self.model.tokens_per_frame(*self.latent_size)          # the latent frame must fit the patch
+        if self.data.image_every and self.algorithm != "teacher":
+            raise ValueError(f"image steps (data.image_every) train the bidirectional teacher only, not "
+                             f"algorithm {self.algorithm!r}")
+        if self.data.image_batch_size % self.schedule.grad_accum:
+            raise ValueError(f"data.image_batch_size {self.data.image_batch_size} is not divisible by "
+                             f"schedule.grad_accum {self.schedule.grad_accum}")
         if self.data.latent_shape is not None and self.logging.sample_every:
             raise ValueError("previews decode with the world codec: set logging.sample_every=0 for runs in a "
                              "given latent space (data.latent_shape)")

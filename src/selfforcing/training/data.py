@@ -10,6 +10,10 @@ samples with the same randomness (`algorithms/base.py`).
 Slicing. With W ranks, A accumulation micro-steps and micro-batch b = batch_size / (W·A), micro-step m of
 rank r takes positions [(m·W + r)·b, (m·W + r + 1)·b) of the global batch.
 
+Image steps. With `data.image_every = k`, steps k - 1, 2k - 1, ... take `data.image_batch_size` single frames
+instead of clips, from a stream of their own (the same rules, seeded apart from the clips': `image_stream_seed`),
+with g = step · image_batch_size + position: still a pure function of (run seed, step, position).
+
 Shared seed. Every micro-batch also carries a seed that depends only on (run seed, step, micro-step), the same on
 every rank: the draws that decide how many times a network is called (Self-Forcing's exit step) come from it,
 because under FSDP every call is a collective (`algorithms/base.py`).
@@ -21,6 +25,7 @@ encoder in the training process.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +44,8 @@ from .config import DataConfig, TrainConfig
 
 __all__ = [
     "HashTextEncoder", "make_text_encoder", "read_prompt_file", "latent_norm", "sample_index", "sample_seed",
-    "shared_seed", "micro_positions", "MicroBatches", "make_loader", "to_batch",
+    "shared_seed", "is_image_step", "step_samples", "image_stream_seed", "micro_positions", "MicroBatches",
+    "make_loader", "to_batch",
 ]
 
 # UMT5 embeddings are (512, 4096) float32, 8 MiB a prompt: keep few (the negative prompt stays cached).
@@ -136,6 +142,21 @@ def shared_seed(step: int, micro: int, seed: int) -> int:
     return _seed63(seed, step, micro, 0x5A4ED)
 
 
+def is_image_step(step: int, image_every: int) -> bool:
+    """Whether optimizer step `step` trains on single frames (`data.image_every`: every k-th step, k - 1 first)."""
+    return image_every > 0 and step % image_every == image_every - 1
+
+
+def step_samples(config: TrainConfig, step: int) -> int:
+    """Samples (clips or single frames) in the global batch of optimizer step `step`."""
+    return config.data.image_batch_size if is_image_step(step, config.data.image_every) else config.schedule.batch_size
+
+
+def image_stream_seed(seed: int) -> int:
+    """The seed of image steps' own sample stream (scenes and per-sample draws), apart from the clips'."""
+    return _seed63(seed, 0x1A6E5)
+
+
 def micro_positions(batch_size: int, grad_accum: int, world_size: int, rank: int, micro: int) -> range:
     """Positions in the global batch of micro-step `micro` of rank `rank` (see the module docstring)."""
     b = batch_size // (grad_accum * world_size)
@@ -157,13 +178,17 @@ class MicroBatches(Dataset):
         if s.batch_size % (s.grad_accum * world_size):
             raise ValueError(f"schedule.batch_size {s.batch_size} is not divisible by grad_accum {s.grad_accum} "
                              f"x world size {world_size}")
-        self.world = self.pairs = self.prompts = None
+        if d.image_batch_size % (s.grad_accum * world_size):
+            raise ValueError(f"data.image_batch_size {d.image_batch_size} is not divisible by grad_accum "
+                             f"{s.grad_accum} x world size {world_size}")
+        self.world = self.images = self.pairs = self.prompts = None
         self.length = d.length
         if d.source in ("world", "prompts"):
-            self.world = WorldDataset(WorldDataConfig(
-                length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size, max_objects=d.max_objects,
-                max_start_frame=d.max_start_frame,
-            ))
+            world = WorldDataConfig(length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size,
+                                    max_objects=d.max_objects, max_start_frame=d.max_start_frame)
+            self.world = WorldDataset(world)
+            if d.image_every:
+                self.images = WorldDataset(dataclasses.replace(world, num_frames=1))
         elif d.source == "prompt-file":
             self.prompts = read_prompt_file(d.prompts_file)
             self.length = len(self.prompts)
@@ -191,11 +216,14 @@ class MicroBatches(Dataset):
     def __getitem__(self, k: int) -> dict:
         s, d = self.config.schedule, self.config.data
         step, micro = divmod(k, s.grad_accum)
+        image_step = is_image_step(step, d.image_every)
+        batch_size, world = (d.image_batch_size, self.images) if image_step else (s.batch_size, self.world)
+        run_seed = image_stream_seed(self.config.seed) if image_step else self.config.seed
         videos, latents, trajectories, captions, seeds, indices = [], [], [], [], [], []
-        for p in micro_positions(s.batch_size, s.grad_accum, self.world_size, self.rank, micro):
-            g = step * s.batch_size + p
-            index = sample_index(g, self.length, self.config.seed)
-            seed = sample_seed(g, self.config.seed)
+        for p in micro_positions(batch_size, s.grad_accum, self.world_size, self.rank, micro):
+            g = step * batch_size + p
+            index = sample_index(g, self.length, run_seed)
+            seed = sample_seed(g, run_seed)
             if d.source == "ode-pairs":
                 states, timesteps, prompt = self.pairs[index]
                 trajectories.append(states)
@@ -208,10 +236,10 @@ class MicroBatches(Dataset):
                 captions.append(self.prompts[index])
             else:
                 if d.source == "world":
-                    video, short, detailed, _ = self.world[index]
+                    video, short, detailed, _ = world[index]
                     videos.append(video)
                 else:
-                    short, detailed = self.world.captions(index)
+                    short, detailed = world.captions(index)
                 detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
                 captions.append(detailed if detailed_first else short)
             seeds.append(seed)

@@ -51,7 +51,7 @@ from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
 from . import parallel
 from .config import OptimConfig, TrainConfig
-from .data import latent_norm, make_loader, make_text_encoder, to_batch
+from .data import latent_norm, make_loader, make_text_encoder, step_samples, to_batch
 from .ema import EMA
 from .overrides import config_diff
 
@@ -451,11 +451,12 @@ class Trainer:
                    disable=True if not (cfg.logging.progress and ctx.is_main) else None)
         accum, window = cfg.schedule.grad_accum, defaultdict(list)
         result: dict[str, float] = {}
-        tick, tick_step, paused = time.perf_counter(), self.step, 0.0    # paused: previews and checkpoints
+        tick, samples, paused = time.perf_counter(), 0, 0.0              # paused: previews and checkpoints
         start_step = self.step
         try:
             while self.step < until:
                 micro = [make_batch(next(loader)) for _ in range(accum)]
+                samples += step_samples(cfg, self.step)
                 for k, v in self.train_step(micro).items():
                     window[k].append(v)
                 bar.update(1)
@@ -465,11 +466,11 @@ class Trainer:
                     means = parallel.all_reduce_mean({k: torch.stack(v).mean() for k, v in window.items()}, ctx)
                     result = {k: float(v) for k, v in means.items()}
                     elapsed = max(now - tick - paused, 1e-9)
-                    result["samples_per_s"] = (self.step - tick_step) * cfg.schedule.batch_size / elapsed
+                    result["samples_per_s"] = samples / elapsed
                     result["step"] = self.step
                     self._log(result, writer, bar)
                     window.clear()
-                    tick, tick_step, paused = time.perf_counter(), self.step, 0.0
+                    tick, samples, paused = time.perf_counter(), 0, 0.0
                 pause_start = time.perf_counter()
                 every = cfg.logging.sample_every
                 if every and (self.step % every == 0 or (last and self.step != start_step)):
