@@ -96,6 +96,26 @@ def test_cli_parses_and_reports_bad_input(tmp_path, capsys):
         run(parser.parse_args(["train", "teacher-tiny", "--out", str(tmp_path / "empty"), "--resume"]))
 
 
+def test_resume_keeps_the_overrides_the_run_started_with(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    out = str(tmp_path / "run")
+    run(parser.parse_args(["train", "teacher-tiny", "--set", "optim.lr=0.02", "schedule.steps=2",
+                           "--out", out]))
+    capsys.readouterr()
+    run(parser.parse_args(["train", "teacher-tiny", "--set", "schedule.steps=4", "--out", out, "--resume",
+                           "--print-config"]))
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.02 and printed["schedule"]["steps"] == 4 and printed["out_dir"] == out
+    run(parser.parse_args(["train", "teacher-tiny", "--set", "schedule.steps=4", "--out", out, "--resume"]))
+    state = ckpt.load_state(ckpt.latest_checkpoint(Path(out) / "checkpoints"))
+    assert state["step"] == 4 and state["config"]["optim"]["lr"] == 0.02
+    with pytest.raises(ValueError, match="holds a 'teacher-tiny' run"):
+        run(parser.parse_args(["train", "teacher-world-quick", "--out", out, "--resume"]))
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 def test_failed_checkpoint_write_leaves_the_old_one_intact(tmp_path, monkeypatch):
     path = ckpt.checkpoint_path(tmp_path, 1)
