@@ -125,13 +125,14 @@ def save_state(path: str | os.PathLike, state: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
-def load_state(path: str | os.PathLike) -> dict:
-    """Read a training state written by `save_state` (tensors on the CPU)."""
+def load_state(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """Read a training state written by `save_state` (tensors on the CPU; with `mmap` they are mapped from the
+    file and read only when touched, for a caller that wants the config or the step alone)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - corrupt or foreign files raise many error types
         raise ValueError(f"cannot read training checkpoint {path}: {err}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -60,7 +60,7 @@ def stored_config(config, overrides: list[str]):
     path = ckpt.latest_checkpoint(Path(config.out_dir) / config.checkpoint.dir)
     if path is None:
         raise ValueError(f"--resume: no checkpoint in {Path(config.out_dir) / config.checkpoint.dir}")
-    stored = TrainConfig.from_dict(ckpt.load_state(path)["config"])
+    stored = TrainConfig.from_dict(ckpt.load_state(path, mmap=True)["config"])   # the trainer reads the rest
     if stored.name != config.name:
         raise ValueError(f"--resume: {config.out_dir} holds a {stored.name!r} run, not {config.name!r}")
     log.info("resuming the %s run stored in %s", stored.name, path)

@@ -217,7 +217,8 @@ class MicroBatches(Dataset):
         s, d = self.config.schedule, self.config.data
         step, micro = divmod(k, s.grad_accum)
         image_step = is_image_step(step, d.image_every)
-        batch_size, world = (d.image_batch_size, self.images) if image_step else (s.batch_size, self.world)
+        batch_size = step_samples(self.config, step)
+        world = self.images if image_step else self.world
         run_seed = image_stream_seed(self.config.seed) if image_step else self.config.seed
         videos, latents, trajectories, captions, seeds, indices = [], [], [], [], [], []
         for p in micro_positions(batch_size, s.grad_accum, self.world_size, self.rank, micro):
