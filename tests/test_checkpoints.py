@@ -177,6 +177,29 @@ def test_a_replacing_config_must_read_the_head_as_it_was_trained(model, saved, t
         load_transformer(saved["wan"], config=model.config.replace(prediction="edm"))
 
 
+def test_a_refiner_round_trips_and_can_be_added_to_a_model_without_one(tmp_path):
+    from selfforcing.training.trainer import _load_or_new
+
+    plain = _random_model()
+    save_transformer(plain, tmp_path / "plain.safetensors")
+    grown = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(refine=4)).eval()
+    x, t, ctx = _inputs(plain)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, ctx), plain(x, t, ctx))   # a new refiner starts at zero
+        for p in grown.refiner.parameters():
+            p.normal_(std=0.05)
+        refined = grown(x, t, ctx)
+    assert not torch.allclose(refined, plain(x, t, ctx))
+    for save in (save_transformer, save_wan):
+        loaded = load_transformer(save(grown, tmp_path / f"grown-{save.__name__}.safetensors"
+                                       if save is save_transformer else tmp_path / "grown-wan"))
+        assert loaded.config.refine == 4
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, ctx), refined)
+    with pytest.raises(CheckpointError, match="refiner"):
+        load_transformer(tmp_path / "plain.safetensors", config=plain.config.replace(refine=4))
+
+
 def test_causal_layout_survives_the_outside_layouts(tmp_path):
     causal = _random_model(causal=True).eval()
     for save in (save_wan, save_diffusers):

@@ -57,6 +57,15 @@ class WanConfig:
             it a velocity loss trains the x0 head towards a biased target; "edm" needs no floor).
         sigma_data: σ_d of "edm", the standard deviation of the (normalised) clean latents.
         skip_scale: s of "edm"'s skip; None: σ_d.
+        refine: hidden channels of the output refiner (0: none, as in Wan2.1). The refiner is a small per-frame
+            convolutional network on the latent grid, after the head: it sees the head's output, the noisy input
+            x_t and σ, and adds a correction to the head's output (its last convolution starts at zero, so a
+            model gains a refiner without changing its function). Transformer tokens are patches: each decides
+            its own pixels, so a shape edge inside a token and the seams between tokens have only the head's
+            linear map to draw them, and at low noise the head has to rebuild every detail of x_t through
+            the network. The refiner's 3x3 convolutions see across token borders and read x_t directly (U-ViT's
+            final convolution, Bao et al. 2023, with x_t and σ as extra inputs). Per frame, so causality and
+            the KV cache are untouched. Extra weights named `refiner.*`: a model with one is not Wan-layout.
     """
 
     dim: int = 1536
@@ -81,6 +90,7 @@ class WanConfig:
     min_sigma: float = 0.05
     sigma_data: float = 1.0
     skip_scale: float | None = None
+    refine: int = 0
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -89,6 +99,8 @@ class WanConfig:
         if self.sigma_data <= 0 or (self.skip_scale is not None and self.skip_scale <= 0):
             raise ValueError(f"sigma_data and skip_scale must be positive, got {self.sigma_data} and "
                              f"{self.skip_scale}")
+        if self.refine < 0:
+            raise ValueError(f"refine must be non-negative (0: no refiner), got {self.refine}")
         if not 0 < self.min_sigma <= 1:
             raise ValueError(f"min_sigma must lie in (0, 1], got {self.min_sigma}")
         if self.dim % self.num_heads:

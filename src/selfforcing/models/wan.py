@@ -2,7 +2,8 @@
 
 One module serves the teacher and critic (`config.causal = False`, full attention) and the autoregressive
 generator (`config.causal = True`): parameter names and shapes are exactly Wan2.1's, so the published Wan
-and Self-Forcing weights load as they are. The network knows nothing about noise: it maps a noisy latent
+and Self-Forcing weights load as they are (the optional output refiner of `config.refine`, off for every Wan
+preset, adds `refiner.*` weights of its own). The network knows nothing about noise: it maps a noisy latent
 video, per-frame timesteps t in [0, 1000] and text embeddings to a velocity prediction.
 
 Forward modes of the causal model:
@@ -171,6 +172,24 @@ class Head(nn.Module):
         return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
 
 
+class Refiner(nn.Module):
+    """The output refiner (`WanConfig.refine`): two 3x3 convolutions per frame over [head output, x_t, σ],
+    added to the head output."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cfg.out_dim + cfg.in_dim + 1, cfg.refine, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(cfg.refine, cfg.out_dim, kernel_size=3, padding=1)
+
+    def forward(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """out: (B, F, C_out, H, W) float32; x: (B, F, C_in, H, W); sigma: (B, F) -> refined out."""
+        batch, frames, _, height, width = out.shape
+        level = sigma.float()[:, :, None, None, None].expand(batch, frames, 1, height, width)
+        y = torch.cat([out, x.float(), level], dim=2).flatten(0, 1).to(self.conv1.weight.dtype)
+        y = self.conv2(F.silu(self.conv1(y)))
+        return out + y.float().unflatten(0, (batch, frames))
+
+
 class WanDiT(nn.Module):
     """Wan2.1 text-to-video DiT; `config.causal` selects the block-causal generator."""
 
@@ -185,6 +204,7 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList([WanBlock(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
+        self.refiner = Refiner(cfg) if cfg.refine else None
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
         # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
         # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
@@ -205,6 +225,9 @@ class WanDiT(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
         nn.init.zeros_(self.head.head.bias)
+        if self.refiner is not None:
+            nn.init.zeros_(self.refiner.conv2.weight)
+            nn.init.zeros_(self.refiner.conv2.bias)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -335,9 +358,11 @@ class WanDiT(nn.Module):
         if clean_x is not None:
             out, e = out[:, num_frames * tokens_per_frame :], e[:, num_frames:]
         out = self._unpatchify(out, num_frames, h, w)                       # (B, F, C, H, W)
+        sigma = (t.float() / 1000).expand(batch, num_frames) if t.dim() == 2 else \
+            (t.float() / 1000)[:, None].expand(batch, num_frames)           # (B, F)
+        if self.refiner is not None:
+            out = self.refiner(out, x, sigma)
         if cfg.prediction != "velocity":
-            sigma = (t.float() / 1000).expand(batch, num_frames) if t.dim() == 2 else \
-                (t.float() / 1000)[:, None].expand(batch, num_frames)
             sigma = sigma[:, :, None, None, None]                           # (B, F, 1, 1, 1)
             if cfg.prediction == "x0":                                      # v = (x_t - x0) / σ
                 out = (x.float() - out) / sigma.clamp(min=cfg.min_sigma)

@@ -42,7 +42,7 @@ from ..inference.loading import PipelineSpec
 from ..inference.pipeline import SamplingConfig, StreamingPipeline
 from ..inference.teacher import decode_to_uint8, sample_teacher
 from ..inference.wan import wan_pipeline_spec
-from ..io.checkpoints import load_transformer
+from ..io.checkpoints import describe_checkpoint, load_transformer
 from ..models.codec import SpaceToDepthCodec
 from ..models.discriminator import Discriminator
 from ..models.wan import WanDiT
@@ -86,10 +86,19 @@ class AlgorithmEntry:
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
-    """`config`'s network with the weights at `path` (any layout), or freshly initialised."""
-    if path:
-        return load_transformer(path, config=config, dtype=torch.float32)
-    return WanDiT(config)
+    """`config`'s network with the weights at `path` (any layout), or freshly initialised. A model with an
+    output refiner (`WanConfig.refine`) starts from a checkpoint without one: the refiner is new and, its last
+    convolution being zero, leaves the loaded model's function unchanged."""
+    if not path:
+        return WanDiT(config)
+    if config.refine and not describe_checkpoint(path)["config"].get("refine"):
+        base = load_transformer(path, config=config.replace(refine=0), dtype=torch.float32)
+        model = WanDiT(config)
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("refiner.") for k in missing), (missing, unexpected)
+        log.info("%s has no output refiner: a new one (%d channels) starts at zero", path, config.refine)
+        return model
+    return load_transformer(path, config=config, dtype=torch.float32)
 
 
 def _require_causal(config: TrainConfig) -> WanConfig:
