@@ -190,9 +190,8 @@ def test_a_refiner_round_trips_and_can_be_added_to_a_model_without_one(tmp_path)
             p.normal_(std=0.05)
         refined = grown(x, t, ctx)
     assert not torch.allclose(refined, plain(x, t, ctx))
-    for save in (save_transformer, save_wan):
-        loaded = load_transformer(save(grown, tmp_path / f"grown-{save.__name__}.safetensors"
-                                       if save is save_transformer else tmp_path / "grown-wan"))
+    for save, path in ((save_transformer, tmp_path / "grown.safetensors"), (save_wan, tmp_path / "grown-wan")):
+        loaded = load_transformer(save(grown, path))
         assert loaded.config.refine == 4
         with torch.no_grad():
             assert torch.equal(loaded(x, t, ctx), refined)
