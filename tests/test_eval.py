@@ -10,11 +10,12 @@ import pytest
 
 from selfforcing import world
 from selfforcing.eval import (
-    FEATURE_NAMES, GROUPS, TOTAL_WEIGHTS, drift_curve, evaluate_folder, evaluate_video, format_table,
-    frechet_distance, measure, reference_features, video_features,
+    FEATURE_NAMES, FRAME_DIMENSIONS, GROUPS, TOTAL_WEIGHTS, drift_curve, evaluate_folder, evaluate_stills,
+    evaluate_video, format_table, frechet_distance, measure, reference_features, still_scores, video_features,
 )
 from selfforcing.eval import cli as eval_cli
 from selfforcing.eval.calibration import add_noise, blur, flicker, recolour, reverse
+from selfforcing.eval.report import STILL_FRAMES
 from selfforcing.world import vocab
 from selfforcing.world.scene import Scene, place_object
 
@@ -229,6 +230,50 @@ def test_cli_generates_the_heldout_set_from_a_checkpoint(tmp_path, capsys, monke
     assert given == [world.extend_prompt(p) for p in shorts] == report.prompts
     assert report.num_frames == [FRAMES] * 3 and report.mean()["total"] >= 95
     assert "heldout-002" in capsys.readouterr().out
+
+
+def test_stills_score_real_frames_near_the_top_and_lose_on_damage(scenes):
+    """A real first frame held still scores ~100 on every frame dimension; noise loses all, a wrong colour its colour."""
+    items = [(f"s{i}", world.render(s, 0, 1), world.detailed_caption(s)) for i, s in enumerate(scenes)]
+    real = still_scores(evaluate_stills(items))["mean"]
+    assert set(real["dimensions"]) == set(FRAME_DIMENSIONS) and real["frame"] >= 95
+    rng = np.random.default_rng(0)
+    noise = [(n, rng.integers(0, 256, v.shape, dtype=np.uint8), p) for n, v, p in items]
+    assert still_scores(evaluate_stills(noise))["mean"]["frame"] <= 10
+    wrong = [(f"s{i}", world.render(recolour(s), 0, 1), world.detailed_caption(s)) for i, s in enumerate(scenes)]
+    assert still_scores(evaluate_stills(wrong))["mean"]["dimensions"]["colour"] <= real["dimensions"]["colour"] - 30
+
+
+def test_cli_stills_from_a_folder_and_from_a_causal_checkpoint(tmp_path, capsys, monkeypatch, scenes):
+    from selfforcing.inference import loading
+
+    world.write_clips(scenes[:3], tmp_path, num_frames=6)
+    args = parse("--videos", str(tmp_path), "--stills", "--json")
+    args.func(args)
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"num_stills", "mean", "stills"} and out["num_stills"] == 3
+    assert out["mean"]["frame"] >= 95 and set(out["stills"][0]) == {"name", "prompt", "frame", "dimensions"}
+
+    def fake_load_pipeline(path, **_):
+        """A causal 'generator' of 3-frame blocks that renders the scene its prompt describes."""
+        def stream(prompt, *, num_frames, seeds):
+            asked.append(num_frames)
+            video = world.render_tensor(world.scene_from_prompt(prompt, np.random.default_rng(seeds[0])), 0, num_frames)
+            yield SimpleNamespace(frames=video[None])
+
+        config = SimpleNamespace(causal=True, independent_first_frame=False, num_frame_per_block=3)
+        codec = SimpleNamespace(temporal_factor=1, num_pixel_frames=lambda n: n)
+        return SimpleNamespace(codec=codec, stream=stream, config=config), loading.PipelineSpec(train_frames=FRAMES)
+
+    asked = []
+    monkeypatch.setattr(loading, "load_pipeline", fake_load_pipeline)
+    checkpoint = tmp_path / "generator.safetensors"
+    checkpoint.write_bytes(b"")
+    args = parse("--checkpoint", str(checkpoint), "--n", "2", "--stills")
+    report = args.func(args)
+    assert asked == [3, 3] and report.num_frames == [STILL_FRAMES] * 2
+    table = capsys.readouterr().out
+    assert "heldout-001" in table and "sharpness" in table and "drift" not in table
 
 
 def test_bad_input_raises_one_line_value_errors(tmp_path):

@@ -16,15 +16,19 @@ groups, total and drift curve), `frechet` (oracle features and the Fréchet dist
 """
 
 from selfforcing.eval.frechet import FEATURE_NAMES, frechet_distance, reference_features, video_features
-from selfforcing.eval.report import Report, evaluate_folder, evaluate_videos, format_table, read_video_folder
+from selfforcing.eval.report import (
+    FRAME_DIMENSIONS, Report, evaluate_folder, evaluate_stills, evaluate_videos, format_stills, format_table,
+    read_video_folder, still_scores,
+)
 from selfforcing.eval.scores import (
     DRIFT_WINDOW, GROUPS, TOTAL_WEIGHTS, DriftCurve, VideoScores, drift_curve, evaluate_video, score_measurements,
 )
 from selfforcing.eval.tracks import Measurements, Track, measure
 
 __all__ = [
-    "DRIFT_WINDOW", "FEATURE_NAMES", "GROUPS", "TOTAL_WEIGHTS",
+    "DRIFT_WINDOW", "FEATURE_NAMES", "FRAME_DIMENSIONS", "GROUPS", "TOTAL_WEIGHTS",
     "DriftCurve", "Measurements", "Report", "Track", "VideoScores",
-    "drift_curve", "evaluate_folder", "evaluate_video", "evaluate_videos", "format_table", "frechet_distance",
-    "measure", "read_video_folder", "reference_features", "score_measurements", "video_features",
+    "drift_curve", "evaluate_folder", "evaluate_stills", "evaluate_video", "evaluate_videos", "format_stills",
+    "format_table", "frechet_distance", "measure", "read_video_folder", "reference_features", "score_measurements",
+    "still_scores", "video_features",
 ]

@@ -7,11 +7,17 @@ The main CLI hands its subparsers to `add_parser` and calls `run` with the parse
     selfforcing eval --checkpoint gen.safetensors --frames 240 --window 16    # a long-rollout drift curve
     selfforcing eval --calibrate [--n 32]              # real renders against corrupted copies
     selfforcing eval --denoising model.safetensors [--n 12]   # x0 error per noise level on unseen world clips
+    selfforcing eval --checkpoint model.safetensors --stills   # one frame per prompt, scored as a picture
 
 With --checkpoint the generator rolls out the first N held-out prompts (short captions, extended by the
 world's prompt extender when the checkpoint asks for it) and each video is scored against the prompt it
 was given.  --json prints `Report.to_dict()`: num_videos, weights, mean, drift, frechet_distance,
 reference, videos.
+
+--stills scores one frame per video as a still picture (colour, shape, size, count, palette, sharpness):
+the first frame of each video with --videos; with --checkpoint the model samples a single frame per prompt
+(a causal generator its first block, of which the first frame is kept). For image-only training runs and
+for comparing the first frames of video models.
 """
 
 import argparse
@@ -19,7 +25,10 @@ import json
 import logging
 from pathlib import Path
 
-from selfforcing.eval.report import Report, evaluate_folder, evaluate_videos, format_table
+from selfforcing.eval.report import (
+    Report, evaluate_folder, evaluate_stills, evaluate_videos, format_stills, format_table, read_video_folder,
+    still_scores,
+)
 from selfforcing.eval.scores import DRIFT_WINDOW
 
 logger = logging.getLogger(__name__)
@@ -58,16 +67,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "its quality cost on CPUs without fast low-precision matmuls")
     p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the blocks (--checkpoint): its quality cost")
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks (--checkpoint)")
+    p.add_argument("--stills", action="store_true",
+                   help="score one frame per video as a still picture (--videos: the first frame; --checkpoint: "
+                        "a single sampled frame): colour, shape, size, count, palette, sharpness")
     p.set_defaults(func=run)
     return p
 
 
 def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu", *,
                      overrides: dict | None = None, text_encoder=None, dtype=None, fp8: bool = False,
-                     compile: bool = False, emulate_dtype: str | None = None) -> tuple[list, int]:
+                     compile: bool = False, emulate_dtype: str | None = None,
+                     stills: bool = False) -> tuple[list, int]:
     """Roll the generator out on the first `n` held-out prompts.
 
     Args:
+        stills: sample a single frame per prompt (a causal generator: its first block) instead of `frames`.
         dtype, fp8, compile, emulate_dtype: the speed and precision options of `load_pipeline` (to measure
             their quality cost).
         overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
@@ -84,13 +98,19 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
                                fp8=fp8, compile=compile, emulate_dtype=emulate_dtype)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
+    config = getattr(pipe, "config", None)
+    if stills:
+        first_block = 1 if config is None or not config.causal or config.independent_first_frame \
+            else config.num_frame_per_block
+        frames = pipe.codec.num_pixel_frames(first_block)
     if frames % factor:
         raise ValueError(f"--frames must be a multiple of {factor} for this codec, got {frames}")
     items = []
     for i, (short, _) in enumerate(heldout_prompts(n)):
         prompt = extend_prompt(short) if spec.prompt_extender == "world" else short
         chunks = [c.frames[0] for c in pipe.stream(prompt, num_frames=frames // factor, seeds=[seed + i])]
-        items.append((f"heldout-{i:03d}", to_uint8(torch.cat(chunks).float()), prompt))   # (T, 3, H, W) -> uint8
+        video = torch.cat(chunks)[:1] if stills else torch.cat(chunks)
+        items.append((f"heldout-{i:03d}", to_uint8(video.float()), prompt))   # (T, 3, H, W) -> uint8
         logger.info("generated %d / %d", i + 1, n)
     return items, spec.fps
 
@@ -126,8 +146,12 @@ def run(args: argparse.Namespace) -> Report:
         rows = denoising_errors(args.denoising, n=args.n or DEFAULT_CLIPS, device=getattr(args, "device", "cpu"))
         print(json.dumps(rows, indent=2) if args.json else format_denoising(rows))
         return rows
+    stills = getattr(args, "stills", False)
     if args.videos is not None:
-        report = evaluate_folder(args.videos, limit=args.n, window=args.window, reference=args.reference)
+        if stills:
+            report = evaluate_stills(read_video_folder(args.videos, args.n))
+        else:
+            report = evaluate_folder(args.videos, limit=args.n, window=args.window, reference=args.reference)
     else:
         if not Path(args.checkpoint).exists():
             raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
@@ -137,7 +161,11 @@ def run(args: argparse.Namespace) -> Report:
         items, fps = generate_heldout(args.checkpoint, args.n or DEFAULT_PROMPTS, args.frames, args.seed,
                                       getattr(args, "device", "cpu"), dtype=dtype, fp8=getattr(args, "fp8", False),
                                       compile=getattr(args, "compile", False),
-                                      emulate_dtype=getattr(args, "emulate_dtype", None))
-        report = evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
+                                      emulate_dtype=getattr(args, "emulate_dtype", None), stills=stills)
+        report = evaluate_stills(items, fps=fps) if stills else \
+            evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
+    if stills:
+        print(json.dumps(still_scores(report), indent=2) if args.json else format_stills(report))
+    else:
+        print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
     return report

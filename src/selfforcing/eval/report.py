@@ -24,6 +24,8 @@ from selfforcing.world.io import PROMPTS_FILE, read_video
 
 PROMPT_KEYS = ("prompt", "detailed", "short")
 HEADLINE = ("total", "semantic", "quality", "temporal")
+FRAME_DIMENSIONS = ("colour", "shape", "size", "count", "palette", "sharpness")   # what one frame can show
+STILL_FRAMES = 8                  # a still is its frame held this long, enough for the shape classifier
 
 
 @dataclass
@@ -191,4 +193,45 @@ def format_table(report: Report) -> str:
         ref = report.reference
         rows += ["", f"Fréchet distance to {ref['n']} real {ref['split']} videos ({ref['num_frames']} frames): "
                      f"{report.frechet:.2f}"]
+    return "\n".join(rows)
+
+
+def evaluate_stills(items: list[tuple[str, np.ndarray, str]], *, fps: int = vocab.FPS) -> Report:
+    """Score the first frame of each (name, uint8 video (F, H, W, 3), prompt) as a still picture: the frame is
+    held for `STILL_FRAMES` frames and scored as a video, of which only `FRAME_DIMENSIONS` mean anything
+    (`still_scores`). For image models, and for the first frames of video models, against the same prompts."""
+    held = [(name, np.repeat(video[:1], STILL_FRAMES, axis=0), prompt) for name, video, prompt in items]
+    return evaluate_videos(held, fps=fps, window=STILL_FRAMES, reference=0)
+
+
+def _frame_scores(dimensions: dict) -> dict:
+    dims = {d: dimensions[d] for d in FRAME_DIMENSIONS if d in dimensions}
+    return {"frame": float(np.mean(list(dims.values()))), "dimensions": dims}
+
+
+def still_scores(report: Report) -> dict:
+    """The JSON `selfforcing eval --stills --json` prints: num_stills, mean ("frame": the mean of the frame
+    dimensions, and each of them) and per still its name, prompt, frame score and dimensions."""
+    return {
+        "num_stills": len(report.scores),
+        "mean": _frame_scores(report.mean()["dimensions"]),
+        "stills": [{"name": n, "prompt": p, **_frame_scores(s.dimensions)}
+                   for n, p, s in zip(report.names, report.prompts, report.scores)],
+    }
+
+
+def format_stills(report: Report) -> str:
+    """A plain-text table of `still_scores`: one row per still (frame score and dimensions), then the mean."""
+    scores = still_scores(report)
+    width = max(12, *(len(n) for n in report.names)) + 2
+    columns = ("frame", *FRAME_DIMENSIONS)
+    head = f"{'still':<{width}}" + "".join(f"{k:>10}" for k in columns)
+
+    def row(name: str, s: dict) -> str:
+        values = [s["frame"]] + [s["dimensions"].get(d, math.nan) for d in FRAME_DIMENSIONS]
+        return f"{name:<{width}}" + "".join(f"{v:>10.1f}" for v in values)
+
+    rows = [head, "-" * len(head), *(row(s["name"], s) for s in scores["stills"])]
+    rows += ["-" * len(head), row("mean", scores["mean"]),
+             f"frame = mean of {', '.join(FRAME_DIMENSIONS)} (each frame held {STILL_FRAMES} frames)"]
     return "\n".join(rows)
