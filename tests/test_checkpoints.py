@@ -300,3 +300,25 @@ def test_export_casts_weights_and_keeps_metadata(tmp_path, capsys):
     assert describe_checkpoint(tmp_path / "h.safetensors")["metadata"][PIPELINE_METADATA_KEY] == '{"fps": 8}'
     assert main(["export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_model_grows_deeper_from_a_checkpoint_with_its_function_unchanged(tmp_path):
+    from selfforcing.training.trainer import _load_or_new
+
+    plain = _random_model()
+    save_transformer(plain, tmp_path / "plain.safetensors")
+    layers = plain.config.num_layers
+    grown = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(num_layers=2 * layers)).eval()
+    assert len(grown.blocks) == 2 * layers
+    x, t, ctx = _inputs(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, ctx), plain(x, t, ctx), rtol=0, atol=1e-6)   # the copies are silent
+        assert torch.equal(grown.blocks[2].self_attn.q.weight, plain.blocks[1].self_attn.q.weight)
+        grown.blocks[1].ffn[2].weight.normal_(std=0.05)                                     # a copy that has trained
+        assert not torch.allclose(grown(x, t, ctx), plain(x, t, ctx))
+    both = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(num_layers=3 * layers, refine=4))
+    assert len(both.blocks) == 3 * layers and both.refiner is not None
+    with torch.no_grad():
+        torch.testing.assert_close(both.eval()(x, t, ctx), plain(x, t, ctx), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=f"multiple of {layers}"):
+        _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(num_layers=layers + 1))

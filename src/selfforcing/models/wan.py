@@ -35,7 +35,7 @@ from ..nn.masks import block_causal_mask, teacher_forcing_mask
 from ..nn.rope import apply_rope, rope_angles
 from .kv_cache import CrossAttnCache, KVCache, KVContext
 
-__all__ = ["WanDiT", "sinusoidal_embedding"]
+__all__ = ["WanDiT", "grow_depth", "sinusoidal_embedding"]
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -373,3 +373,28 @@ class WanDiT(nn.Module):
                 c_f = (sigma ** 2 * var + s2 ** 2 * (1 - sigma) ** 2).sqrt()  # c_out / σ times D
                 out = ((sigma - s2 * (1 - sigma)) * x.float() - c_f * out) / d
         return out, hidden
+
+
+GROWN_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")     # a block's writes into the residual stream
+
+
+def grow_depth(model: WanDiT, num_layers: int) -> WanDiT:
+    """`model` deepened to `num_layers` blocks, a multiple of its own, with its function unchanged.
+
+    Each block is followed by copies of itself whose writes into the residual stream (the self- and
+    cross-attention output projections and the FFN's last linear) are zero, so a copy adds nothing until it
+    trains; it starts with its original's features, not random ones. Every other weight is the model's own.
+    """
+    layers = model.config.num_layers
+    if num_layers < layers or num_layers % layers:
+        raise ValueError(f"a model of {layers} blocks grows to a multiple of {layers} blocks, not {num_layers}")
+    factor = num_layers // layers
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for i, block in enumerate(model.blocks):
+        for copy in range(factor):
+            for name, value in block.state_dict().items():
+                silent = copy > 0 and name.startswith(GROWN_OUTPUTS)
+                state[f"blocks.{i * factor + copy}.{name}"] = torch.zeros_like(value) if silent else value.clone()
+    grown = WanDiT(model.config.replace(num_layers=num_layers)).to(dtype=model.dtype)
+    grown.load_state_dict(state)
+    return grown

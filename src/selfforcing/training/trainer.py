@@ -45,7 +45,7 @@ from ..inference.wan import wan_pipeline_spec
 from ..io.checkpoints import describe_checkpoint, load_transformer
 from ..models.codec import SpaceToDepthCodec
 from ..models.discriminator import Discriminator
-from ..models.wan import WanDiT
+from ..models.wan import WanDiT, grow_depth
 from ..models.wan_vae import WanVAE
 from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
@@ -86,19 +86,33 @@ class AlgorithmEntry:
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
-    """`config`'s network with the weights at `path` (any layout), or freshly initialised. A model with an
-    output refiner (`WanConfig.refine`) starts from a checkpoint without one: the refiner is new and, its last
-    convolution being zero, leaves the loaded model's function unchanged."""
+    """`config`'s network with the weights at `path` (any layout), or freshly initialised. Two ways to grow a
+    checkpoint keep its function: `config.num_layers` a multiple of the stored depth interleaves silent copies
+    of its blocks (`grow_depth`), and an output refiner (`WanConfig.refine`) the checkpoint lacks starts with
+    its last convolution at zero."""
     if not path:
         return WanDiT(config)
-    if config.refine and not describe_checkpoint(path)["config"].get("refine"):
-        base = load_transformer(path, config=config.replace(refine=0), dtype=torch.float32)
-        model = WanDiT(config)
-        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("refiner.") for k in missing), (missing, unexpected)
-        log.info("%s has no output refiner: a new one (%d channels) starts at zero", path, config.refine)
-        return model
-    return load_transformer(path, config=config, dtype=torch.float32)
+    stored = describe_checkpoint(path)["config"]
+    layers = stored.get("num_layers") or config.num_layers
+    new_refiner = bool(config.refine and not stored.get("refine"))
+    if layers == config.num_layers and not new_refiner:
+        return load_transformer(path, config=config, dtype=torch.float32)
+    if config.num_layers % layers:
+        raise ValueError(f"{path} has {layers} blocks: a model grown from it needs a multiple of {layers} "
+                         f"blocks, got model.num_layers={config.num_layers}")
+    base = load_transformer(path, config=config.replace(num_layers=layers, refine=0 if new_refiner else config.refine),
+                            dtype=torch.float32)
+    if layers != config.num_layers:
+        base = grow_depth(base, config.num_layers)
+        log.info("%s has %d blocks: grown to %d, each block followed by silent copies of itself",
+                 path, layers, config.num_layers)
+    if not new_refiner:
+        return base
+    model = WanDiT(config)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("refiner.") for k in missing), (missing, unexpected)
+    log.info("%s has no output refiner: a new one (%d channels) starts at zero", path, config.refine)
+    return model
 
 
 def _require_causal(config: TrainConfig) -> WanConfig:
