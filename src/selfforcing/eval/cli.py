@@ -81,7 +81,8 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     """Roll the generator out on the first `n` held-out prompts.
 
     Args:
-        stills: sample a single frame per prompt (a causal generator: its first block) instead of `frames`.
+        stills: sample a single frame per prompt (a causal generator: its first block) instead of `frames`,
+            for `evaluate_stills`, which scores the first frame.
         dtype, fp8, compile, emulate_dtype: the speed and precision options of `load_pipeline` (to measure
             their quality cost).
         overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
@@ -98,8 +99,8 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
                                fp8=fp8, compile=compile, emulate_dtype=emulate_dtype)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
-    config = getattr(pipe, "config", None)
-    if stills:
+    if stills:                                           # its first block; `evaluate_stills` keeps its first frame
+        config = getattr(pipe, "config", None)
         first_block = 1 if config is None or not config.causal or config.independent_first_frame \
             else config.num_frame_per_block
         frames = pipe.codec.num_pixel_frames(first_block)
@@ -109,8 +110,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     for i, (short, _) in enumerate(heldout_prompts(n)):
         prompt = extend_prompt(short) if spec.prompt_extender == "world" else short
         chunks = [c.frames[0] for c in pipe.stream(prompt, num_frames=frames // factor, seeds=[seed + i])]
-        video = torch.cat(chunks)[:1] if stills else torch.cat(chunks)
-        items.append((f"heldout-{i:03d}", to_uint8(video.float()), prompt))   # (T, 3, H, W) -> uint8
+        items.append((f"heldout-{i:03d}", to_uint8(torch.cat(chunks).float()), prompt))   # (T, 3, H, W) -> uint8
         logger.info("generated %d / %d", i + 1, n)
     return items, spec.fps
 
