@@ -177,26 +177,38 @@ def test_a_replacing_config_must_read_the_head_as_it_was_trained(model, saved, t
         load_transformer(saved["wan"], config=model.config.replace(prediction="edm"))
 
 
-def test_a_refiner_round_trips_and_can_be_added_to_a_model_without_one(tmp_path):
+@pytest.mark.parametrize("field, module, error", [("refine", "refiner", "refiner"),
+                                                  ("pos_embed", "pos_embedding", "pos_embedding")])
+def test_an_optional_part_round_trips_and_can_be_added_to_a_model_without_one(tmp_path, field, module, error):
+    """An output refiner or absolute grid positions grown onto a checkpoint start at zero (same function), train
+    away from it, and survive our and Wan's layouts; plain loading into such a config is refused."""
     from selfforcing.training.trainer import _load_or_new
 
     plain = _random_model()
     save_transformer(plain, tmp_path / "plain.safetensors")
-    grown = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(refine=4)).eval()
+    grown = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(**{field: 4})).eval()
     x, t, ctx = _inputs(plain)
     with torch.no_grad():
-        assert torch.equal(grown(x, t, ctx), plain(x, t, ctx))   # a new refiner starts at zero
-        for p in grown.refiner.parameters():
+        assert torch.equal(grown(x, t, ctx), plain(x, t, ctx))   # the new part starts at zero
+        for p in getattr(grown, module).parameters():
             p.normal_(std=0.05)
-        refined = grown(x, t, ctx)
-    assert not torch.allclose(refined, plain(x, t, ctx))
+        changed = grown(x, t, ctx)
+    assert not torch.allclose(changed, plain(x, t, ctx))
     for save, path in ((save_transformer, tmp_path / "grown.safetensors"), (save_wan, tmp_path / "grown-wan")):
         loaded = load_transformer(save(grown, path))
-        assert loaded.config.refine == 4
+        assert getattr(loaded.config, field) == 4
         with torch.no_grad():
-            assert torch.equal(loaded(x, t, ctx), refined)
-    with pytest.raises(CheckpointError, match="refiner"):
-        load_transformer(tmp_path / "plain.safetensors", config=plain.config.replace(refine=4))
+            assert torch.equal(loaded(x, t, ctx), changed)
+    with pytest.raises(CheckpointError, match=error):
+        load_transformer(tmp_path / "plain.safetensors", config=plain.config.replace(**{field: 4}))
+
+
+def test_absolute_positions_refuse_a_grid_larger_than_their_tables():
+    model = WanDiT(get_preset("tiny").replace(pos_embed=2))
+    x, t, ctx = _inputs(model)                                  # a 4x4-latent frame: a 2x2 token grid fits
+    model(x, t, ctx)
+    with pytest.raises(ValueError, match="exceeds the position tables"):
+        model(torch.randn(2, 2, x.shape[2], 6, 6), t, ctx)      # a 3x3 token grid does not
 
 
 def test_causal_layout_survives_the_outside_layouts(tmp_path):

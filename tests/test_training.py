@@ -250,6 +250,22 @@ def test_image_steps_take_single_frames_from_their_own_stream(tmp_path):
     torch.testing.assert_close(torch.cat([h["video"] for h in halves]), data[1]["video"])
 
 
+def test_colour_synonyms_change_only_the_captions_colour_words(tmp_path):
+    plain, varied = MicroBatches(tiny(tmp_path)), MicroBatches(tiny(tmp_path, "data.colour_synonyms=1.0"))
+    again = MicroBatches(tiny(tmp_path, "data.colour_synonyms=1.0"))
+    changed = 0
+    for k in range(3):
+        a, b = plain[k], varied[k]
+        torch.testing.assert_close(a["video"], b["video"])
+        assert b["captions"] == again[k]["captions"]                    # a pure function of the sample seed
+        for x, y in zip(a["captions"], b["captions"]):
+            assert len(x.split()) == len(y.split())
+            changed += x != y
+    assert changed > 0
+    with pytest.raises(ValueError, match="colour_synonyms"):
+        tiny(tmp_path, "data.colour_synonyms=1.5")
+
+
 @pytest.mark.parametrize("changes, message", [
     (("algorithm=ode-init",), "train the bidirectional teacher only"),
     (("data.source=prompts",), "needs data.source=world"),

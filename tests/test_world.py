@@ -14,6 +14,9 @@ from selfforcing.world import (
     short_caption, split_key, to_tensor, to_uint8, train_scenes, write_clips,
 )
 from selfforcing.world import cli, renderer, vocab
+from selfforcing.world.prompts import (
+    HELDOUT_COLOUR_WORDS, SHAPE_SYNONYMS, TRAINING_COLOUR_WORDS, vary_colour_words,
+)
 from selfforcing.world.renderer import background_image
 from selfforcing.world.scene import _extent, place_object
 
@@ -161,6 +164,29 @@ def test_captions_mention_the_right_attributes():
     text = detailed_caption(scene, 0).lower()
     assert "red" in text and "gradient" in text and any(w in text for w in ("small", "tiny", "little"))
     assert any(w in text for w in ("quickly", "rapidly", "swiftly")) and "right" in text
+
+
+def test_colour_synonyms_keep_meaning_and_leave_heldout_words_out():
+    rng = np.random.default_rng(0)
+    used = set()
+    for scene in scenes(200, seed=8):
+        for caption in (short_caption(scene), detailed_caption(scene)):
+            assert vary_colour_words(caption, rng, 0.0) == caption
+            varied = vary_colour_words(caption, rng, 1.0)
+            words = set(varied.lower().replace(",", " ").replace(".", " ").split())
+            assert not words & HELDOUT_COLOUR_WORDS
+            tokens = varied.lower().replace("-", " ").split()
+            assert not any(a in COLOURS and b.strip(".,") in SHAPE_SYNONYMS   # every object's name replaced
+                           for a, b in zip(tokens, tokens[1:]))
+            used |= words & {w for ws in TRAINING_COLOUR_WORDS.values() for w in ws}
+            # the parser reads the same objects (the synonyms are its own) and the same background
+            parsed, original = parse_prompt(varied), parse_prompt(caption)
+            assert [(o.shape, o.colour) for o in parsed.objects] == [(o.shape, o.colour) for o in original.objects]
+            assert parsed.background == original.background
+    assert len(used) > 10
+    background = "a red circle moves right on a plain dark blue background"
+    assert vary_colour_words(background, rng, 1.0).endswith("dark blue background")
+    assert all(TRAINING_COLOUR_WORDS[c] for c in COLOURS)
 
 
 def test_extender_round_trip_fills_defaults():

@@ -66,6 +66,13 @@ class WanConfig:
             the network. The refiner's 3x3 convolutions see across token borders and read x_t directly (U-ViT's
             final convolution, Bao et al. 2023, with x_t and σ as extra inputs). Per frame, so causality and
             the KV cache are untouched. Extra weights named `refiner.*`: a model with one is not Wan-layout.
+        pos_embed: side of the largest token grid given a learned absolute position (0: none, as in Wan2.1).
+            Each patch token gets a row vector and a column vector added after the patch embedding, the same in
+            every frame. RoPE tells attention only how far apart two tokens are; where a token sits in its frame
+            it has to infer from which offsets it can see, so content tied to the frame (a checkerboard or
+            stripes of fixed phase, walls that objects bounce off) is hard to draw. Both tables start at zero,
+            so a model gains them without changing its function; per frame, so causality and the KV cache are
+            untouched. Extra weights named `pos_embedding.*`: a model with them is not Wan-layout.
     """
 
     dim: int = 1536
@@ -91,6 +98,7 @@ class WanConfig:
     sigma_data: float = 1.0
     skip_scale: float | None = None
     refine: int = 0
+    pos_embed: int = 0
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -101,6 +109,8 @@ class WanConfig:
                              f"{self.skip_scale}")
         if self.refine < 0:
             raise ValueError(f"refine must be non-negative (0: no refiner), got {self.refine}")
+        if self.pos_embed < 0:
+            raise ValueError(f"pos_embed must be non-negative (0: no absolute positions), got {self.pos_embed}")
         if not 0 < self.min_sigma <= 1:
             raise ValueError(f"min_sigma must lie in (0, 1], got {self.min_sigma}")
         if self.dim % self.num_heads:

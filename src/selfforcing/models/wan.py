@@ -190,6 +190,23 @@ class Refiner(nn.Module):
         return out + y.float().unflatten(0, (batch, frames))
 
 
+class GridPosition(nn.Module):
+    """Learned absolute position of a token in its frame (`WanConfig.pos_embed`): row[i] + column[j]."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.row = nn.Parameter(torch.zeros(cfg.pos_embed, cfg.dim))
+        self.col = nn.Parameter(torch.zeros(cfg.pos_embed, cfg.dim))
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """(height * width, D) float32, token order h then w."""
+        size = self.row.shape[0]
+        if height > size or width > size:
+            raise ValueError(f"a {height}x{width} token grid exceeds the position tables' {size}x{size} "
+                             "(WanConfig.pos_embed)")
+        return (self.row[:height, None].float() + self.col[None, :width].float()).flatten(0, 1)
+
+
 class WanDiT(nn.Module):
     """Wan2.1 text-to-video DiT; `config.causal` selects the block-causal generator."""
 
@@ -205,6 +222,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList([WanBlock(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.refiner = Refiner(cfg) if cfg.refine else None
+        self.pos_embedding = GridPosition(cfg) if cfg.pos_embed else None
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
         # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
         # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
@@ -228,6 +246,9 @@ class WanDiT(nn.Module):
         if self.refiner is not None:
             nn.init.zeros_(self.refiner.conv2.weight)
             nn.init.zeros_(self.refiner.conv2.bias)
+        if self.pos_embedding is not None:
+            nn.init.zeros_(self.pos_embedding.row)
+            nn.init.zeros_(self.pos_embedding.col)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -257,9 +278,13 @@ class WanDiT(nn.Module):
         return e.float().unflatten(0, (batch, num_frames)), e0.float().unflatten(0, (batch, num_frames))
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F, C, H, W) -> (B, F*h*w, D) float32."""
+        """(B, F, C, H, W) -> (B, F*h*w, D) float32, with the absolute positions of `config.pos_embed`."""
         x = self.patch_embedding(rearrange(x, "b f c h w -> b c f h w").to(self.dtype))
-        return rearrange(x, "b d f h w -> b (f h w) d").float()
+        _, _, num_frames, h, w = x.shape
+        tokens = rearrange(x, "b d f h w -> b f (h w) d").float()         # (B, F, N_f, D)
+        if self.pos_embedding is not None:
+            tokens = tokens + self.pos_embedding(h, w)
+        return tokens.flatten(1, 2)
 
     def _unpatchify(self, x: torch.Tensor, num_frames: int, h: int, w: int) -> torch.Tensor:
         """(B, F*h*w, C*ph*pw) -> (B, F, C, h*ph, w*pw)."""

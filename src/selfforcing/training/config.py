@@ -56,6 +56,11 @@ class DataConfig:
         max_start_frame: clips start at a uniform frame in [0, max_start_frame], so objects are also seen
             mid-motion.
         detailed_caption_prob: probability of the detailed caption, otherwise the short one.
+        colour_synonyms: probability that each object's colour name in a world caption is replaced by one of
+            its synonyms ("red" -> "scarlet", `world.prompts.vary_colour_words`; the words of
+            `HELDOUT_COLOUR_WORDS`, "crimson" and "azure" among them, are never used), so that colour words the
+            captions never use still steer the colour through the text encoder's embeddings. 0: the captions as
+            written.
         text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings), "umt5" (Wan2.1's UMT5-XXL encoder, from
             `text_encoder_path`) or "hash" (a tiny deterministic stand-in for tests, no model to load).
         text_encoder_path: a Wan2.1 folder holding UMT5 (original or diffusers layout; text encoder "umt5").
@@ -88,6 +93,7 @@ class DataConfig:
     max_objects: int = 3
     max_start_frame: int = 32
     detailed_caption_prob: float = 0.5
+    colour_synonyms: float = 0.0
     text_encoder: Literal["minilm", "umt5", "hash"] = "minilm"
     text_encoder_path: str | None = None
     text_max_length: int = 64
@@ -106,6 +112,8 @@ class DataConfig:
             raise ValueError(f"size {self.size} is not a multiple of codec_patch {self.codec_patch}")
         if not 0.0 <= self.detailed_caption_prob <= 1.0:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
+        if not 0.0 <= self.colour_synonyms <= 1.0:
+            raise ValueError("colour_synonyms must lie in [0, 1]")
         if self.max_start_frame < 0 or self.num_workers < 0:
             raise ValueError("max_start_frame and num_workers must be non-negative")
         if self.image_every < 0 or self.image_batch_size < 0:

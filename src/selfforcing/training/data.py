@@ -19,7 +19,7 @@ every rank: the draws that decide how many times a network is called (Self-Forci
 because under FSDP every call is a collective (`algorithms/base.py`).
 
 Captions. Each world sample takes its detailed caption with probability `detailed_caption_prob`, otherwise the
-short one, drawn from its seed; a prompt file gives one caption per line. Embeddings come from the (cached) text
+short one, drawn from its seed (and, with `colour_synonyms`, other words for its objects' colours); a prompt file gives one caption per line. Embeddings come from the (cached) text
 encoder in the training process.
 """
 
@@ -39,6 +39,7 @@ from ..models.codec import IDENTITY_LATENT_NORM, WORLD_LATENT_NORM, LatentNorm
 from ..models.codec import SpaceToDepthCodec
 from ..text.encoders import TextEncoder
 from ..world.dataset import WorldDataConfig, WorldDataset
+from ..world.prompts import vary_colour_words
 from ..world.scene import stable_hash
 from .config import DataConfig, TrainConfig
 
@@ -242,7 +243,10 @@ class MicroBatches(Dataset):
                 else:
                     short, detailed = world.captions(index)
                 detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
-                captions.append(detailed if detailed_first else short)
+                caption = detailed if detailed_first else short
+                if d.colour_synonyms:
+                    caption = vary_colour_words(caption, np.random.default_rng([seed, 2]), d.colour_synonyms)
+                captions.append(caption)
             seeds.append(seed)
             indices.append(index)
         item = {

@@ -85,33 +85,37 @@ class AlgorithmEntry:
     export: tuple[str, ...] | None = None
 
 
+# optional parts a checkpoint can gain with its function unchanged: config field -> weight-name prefix
+_GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding."}
+
+
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
-    """`config`'s network with the weights at `path` (any layout), or freshly initialised. Two ways to grow a
-    checkpoint keep its function: `config.num_layers` a multiple of the stored depth interleaves silent copies
-    of its blocks (`grow_depth`), and an output refiner (`WanConfig.refine`) the checkpoint lacks starts with
-    its last convolution at zero."""
+    """`config`'s network with the weights at `path` (any layout), or freshly initialised. Ways to grow a
+    checkpoint that keep its function: `config.num_layers` a multiple of the stored depth interleaves silent
+    copies of its blocks (`grow_depth`); an output refiner (`WanConfig.refine`) or absolute positions
+    (`WanConfig.pos_embed`) the checkpoint lacks start at zero."""
     if not path:
         return WanDiT(config)
     stored = describe_checkpoint(path)["config"]
     layers = stored.get("num_layers") or config.num_layers
-    new_refiner = bool(config.refine and not stored.get("refine"))
-    if layers == config.num_layers and not new_refiner:
+    new = {field: prefix for field, prefix in _GROWABLE.items() if getattr(config, field) and not stored.get(field)}
+    if layers == config.num_layers and not new:
         return load_transformer(path, config=config, dtype=torch.float32)
     if config.num_layers % layers:
         raise ValueError(f"{path} has {layers} blocks: a model grown from it needs a multiple of {layers} "
                          f"blocks, got model.num_layers={config.num_layers}")
-    base = load_transformer(path, config=config.replace(num_layers=layers, refine=0 if new_refiner else config.refine),
+    base = load_transformer(path, config=config.replace(num_layers=layers, **{field: 0 for field in new}),
                             dtype=torch.float32)
     if layers != config.num_layers:
         base = grow_depth(base, config.num_layers)
         log.info("%s has %d blocks: grown to %d, each block followed by silent copies of itself",
                  path, layers, config.num_layers)
-    if not new_refiner:
+    if not new:
         return base
     model = WanDiT(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("refiner.") for k in missing), (missing, unexpected)
-    log.info("%s has no output refiner: a new one (%d channels) starts at zero", path, config.refine)
+    assert not unexpected and all(k.startswith(tuple(new.values())) for k in missing), (missing, unexpected)
+    log.info("%s lacks %s: new weights starting at zero", path, ", ".join(f"model.{field}" for field in new))
     return model
 
 

@@ -115,6 +115,28 @@ _IDIOMS = (
                 r"(?:speed|pace|rate)\b"), lambda m: " steadily "),
 )
 
+# Colour words of free wording kept out of every training caption (one per palette colour), so that a test of
+# words the captions never use stays honest; `vary_colour_words` draws only from the others.
+HELDOUT_COLOUR_WORDS = frozenset({"crimson", "emerald", "azure", "lemon", "turquoise", "fuchsia", "amber", "ivory"})
+TRAINING_COLOUR_WORDS = {
+    colour: tuple(w for w, c in COLOUR_SYNONYMS.items() if c == colour and w != colour and w not in HELDOUT_COLOUR_WORDS)
+    for colour in COLOURS
+}
+_OBJECT_COLOUR = re.compile(r"\b(" + "|".join(COLOURS) + r")(?=[ -]+(?:" + "|".join(SHAPE_SYNONYMS) + r")\b)")
+
+
+def vary_colour_words(caption: str, rng: np.random.Generator, p: float) -> str:
+    """Replace each object's palette colour name ("red" in "red circle") with probability p by one of its
+    synonyms ("scarlet", "ruby", ...; never a `HELDOUT_COLOUR_WORDS` one), drawn from `rng`. A training-caption
+    augmentation: the model meets several words for each colour, and so leans on what the text encoder's
+    embeddings of colour words share rather than on one token each. Colour words of backgrounds ("dark blue
+    background") are left alone: only a colour name right before a shape word is an object's."""
+    def swap(match: re.Match) -> str:
+        return str(rng.choice(TRAINING_COLOUR_WORDS[match.group(1)])) if rng.random() < p else match.group(1)
+
+    return _OBJECT_COLOUR.sub(swap, caption)
+
+
 DEFAULTS = {"shape": "circle", "colour": "white", "size": "medium", "motion": "right", "speed": "normal",
             "background": "black"}
 """What the extender assumes when a prompt leaves an attribute out.  A missing colour is white, or, when another
