@@ -280,7 +280,7 @@ class WanDiT(nn.Module):
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F, C, H, W) -> (B, F*h*w, D) float32, with the absolute positions of `config.pos_embed`."""
         x = self.patch_embedding(rearrange(x, "b f c h w -> b c f h w").to(self.dtype))
-        _, _, num_frames, h, w = x.shape
+        h, w = x.shape[-2:]
         tokens = rearrange(x, "b d f h w -> b f (h w) d").float()         # (B, F, N_f, D)
         if self.pos_embedding is not None:
             tokens = tokens + self.pos_embedding(h, w)

@@ -19,8 +19,8 @@ every rank: the draws that decide how many times a network is called (Self-Forci
 because under FSDP every call is a collective (`algorithms/base.py`).
 
 Captions. Each world sample takes its detailed caption with probability `detailed_caption_prob`, otherwise the
-short one, drawn from its seed (and, with `colour_synonyms`, other words for its objects' colours); a prompt file gives one caption per line. Embeddings come from the (cached) text
-encoder in the training process.
+short one, drawn from its seed (and, with `colour_synonyms`, other words for its objects' colours); a prompt file
+gives one caption per line. Embeddings come from the (cached) text encoder in the training process.
 """
 
 from __future__ import annotations

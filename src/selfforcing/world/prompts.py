@@ -31,7 +31,7 @@ def _invert(table: dict[str, tuple[str, ...]]) -> dict[str, str]:
     return {word: canonical for canonical, words in table.items() for word in words}
 
 
-COLOUR_SYNONYMS = _invert({
+_COLOUR_WORDS = {
     "red": ("red", "crimson", "scarlet", "ruby", "cherry", "vermilion"),
     "green": ("green", "lime", "emerald", "jade"),
     "blue": ("blue", "cobalt", "sapphire", "azure", "ultramarine"),
@@ -40,7 +40,8 @@ COLOUR_SYNONYMS = _invert({
     "magenta": ("magenta", "fuchsia", "pink", "purple", "violet"),
     "orange": ("orange", "amber", "tangerine"),
     "white": ("white", "ivory", "snowy"),
-})
+}
+COLOUR_SYNONYMS = _invert(_COLOUR_WORDS)
 SHAPE_SYNONYMS = _invert({
     "circle": ("circle", "disc", "disk", "ball", "dot", "sphere", "orb"),
     "square": ("square", "box", "cube", "block", "tile"),
@@ -119,8 +120,8 @@ _IDIOMS = (
 # words the captions never use stays honest; `vary_colour_words` draws only from the others.
 HELDOUT_COLOUR_WORDS = frozenset({"crimson", "emerald", "azure", "lemon", "turquoise", "fuchsia", "amber", "ivory"})
 TRAINING_COLOUR_WORDS = {
-    colour: tuple(w for w, c in COLOUR_SYNONYMS.items() if c == colour and w != colour and w not in HELDOUT_COLOUR_WORDS)
-    for colour in COLOURS
+    colour: tuple(w for w in words if w != colour and w not in HELDOUT_COLOUR_WORDS)
+    for colour, words in _COLOUR_WORDS.items()
 }
 _OBJECT_COLOUR = re.compile(r"\b(" + "|".join(COLOURS) + r")(?=[ -]+(?:" + "|".join(SHAPE_SYNONYMS) + r")\b)")
 
