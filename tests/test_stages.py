@@ -118,6 +118,7 @@ DISTILL_CASES = {
     "sf-dmd": dict(loss="dmd"),
     "sf-sid": dict(loss="sid"),
     "sf-gan": dict(loss="gan", gan_relativistic=True, r1_weight=0.1, r2_weight=0.1),
+    "sf-dmd-gan": dict(loss="dmd", gan_weight=0.01, gan_critic_weight=0.1, gan_relativistic=True),
     "causvid": dict(loss="dmd", inputs="diffusion-forcing"),
     "tf-dmd": dict(loss="dmd", inputs="teacher-forcing"),
 }
@@ -229,7 +230,8 @@ def test_world_stage_presets_chain_their_outputs():
     init = train_preset("ode-init-world")
     assert init.ode_init.init_from == str(teacher_out) and init.data.source == "ode-pairs"
     ode_out = Path(init.out_dir) / "generator_ema.safetensors"
-    for name in ("sf-dmd-world", "sf-sid-world", "sf-gan-world", "causvid-world", "tf-dmd-world", "sf-dmd-world-long"):
+    for name in ("sf-dmd-world", "sf-sid-world", "sf-gan-world", "sf-dmd-gan-world", "causvid-world", "tf-dmd-world",
+                 "sf-dmd-world-long"):
         cfg = train_preset(name)
         assert cfg.algorithm == "distill" and cfg.distill.generator_init == str(ode_out), name
         assert cfg.distill.teacher == str(teacher_out)

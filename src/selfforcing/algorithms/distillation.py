@@ -14,6 +14,10 @@ One algorithm covers the paper's whole family (spec §4(b)-(e)), as the product 
   - "sid": score identity distillation, same scores;
   - "gan": a discriminator on the critic's backbone (register tokens + head) against real world clips
     (`gan.py`); no teacher needed.
+  - "dmd" or "sid" with `gan_weight` > 0: both, as DMD2 (Yin et al. 2024b) does: one critic is the fake score
+    and, through a register head on its backbone, the discriminator; the generator's loss adds `gan_weight` x
+    the adversarial loss, the critic's adds `gan_critic_weight` x the discriminator's. Real clips then give the
+    generator what the teacher alone cannot (DMD matches the teacher's distribution, errors included).
 
 Updates: the critic (or discriminator) every step, the generator every `generator_every` steps (5 in the
 published DMD config), each at its own learning rate.
@@ -69,6 +73,8 @@ class DistillConfig:
         rollout_frames: latent frames of a self-forcing rollout; None: the training clip length. Longer
             rollouts (the long-video recipe) put gradient on the last `data.num_frames` frames only.
         gan_relativistic, r1_weight, r2_weight, r_sigma: the adversarial losses' options (`gan.py`).
+        gan_weight, gan_critic_weight: the DMD2 mix for "dmd" / "sid": weights of the adversarial term in the
+            generator's and the critic's loss (0: none; gan_critic_weight None: gan_weight).
         num_registers: register tokens of the discriminator head.
     """
 
@@ -94,6 +100,8 @@ class DistillConfig:
     r2_weight: float = 0.0
     r_sigma: float = 0.01
     num_registers: int = 3
+    gan_weight: float = 0.0
+    gan_critic_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in ("dmd", "sid", "gan"):
@@ -109,11 +117,27 @@ class DistillConfig:
             raise ValueError(f"need 0 <= min_t < max_t <= 1000, got {self.min_t}, {self.max_t}")
         if self.rollout_frames is not None and self.rollout_frames < 1:
             raise ValueError("rollout_frames must be positive")
+        critic_weight = self.gan_weight if self.gan_critic_weight is None else self.gan_critic_weight
+        if self.gan_weight < 0 or critic_weight < 0 or (self.gan_weight > 0) != (critic_weight > 0):
+            raise ValueError(f"gan_weight and gan_critic_weight must both be positive (the DMD2 mix) or both 0, got "
+                             f"{self.gan_weight} and {critic_weight}")
+        if self.gan_weight > 0 and self.loss == "gan":
+            raise ValueError("gan_weight mixes an adversarial term into dmd or sid; loss=gan is adversarial already")
+
+    @property
+    def adversarial(self) -> bool:
+        """A discriminator judges the clips: the GAN loss, or the DMD2 mix."""
+        return self.loss == "gan" or self.gan_weight > 0
+
+    @property
+    def critic_gan_weight(self) -> float:
+        """Weight of the discriminator's loss in the critic's update of the DMD2 mix."""
+        return self.gan_weight if self.gan_critic_weight is None else self.gan_critic_weight
 
     @property
     def needs_videos(self) -> bool:
-        """Real clips are needed by the GAN and by the one-pass (CausVid / TF) inputs."""
-        return self.loss == "gan" or self.inputs != "self-forcing"
+        """Real clips are needed by the GAN (alone or mixed in) and by the one-pass (CausVid / TF) inputs."""
+        return self.adversarial or self.inputs != "self-forcing"
 
     @property
     def needs_teacher(self) -> bool:
@@ -126,7 +150,8 @@ class DistillTraining:
     Args:
         config: the settings.
         generator: causal WanDiT (possibly wrapped for data parallelism).
-        critic: bidirectional WanDiT (the fake score) for DMD / SiD, a `Discriminator` for the GAN.
+        critic: bidirectional WanDiT (the fake score) for DMD / SiD, a `Discriminator` for the GAN, a
+            `Discriminator(score=True)` for the DMD2 mix (fake score and discriminator in one).
         real: the frozen teacher (DMD / SiD), or None.
         num_frames: F of the training window (the critic's and teacher's clip length).
         latent_shape: (C, H, W) of a latent frame.
@@ -193,14 +218,18 @@ class DistillTraining:
         video, logs = self.generate(batch, rng, self._exit_rng(batch, salt=1))
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
         if c.loss == "dmd":
-            loss, extra = dmd_loss(video, self.real, self.critic, self.flow, batch.context, batch.null_context,
+            loss, extra = dmd_loss(video, self.real, self.fake_score, self.flow, batch.context, batch.null_context,
                                    guidance=c.guidance, **kw)
         elif c.loss == "sid":
-            loss, extra = sid_loss(video, self.real, self.critic, self.flow, batch.context, batch.null_context,
+            loss, extra = sid_loss(video, self.real, self.fake_score, self.flow, batch.context, batch.null_context,
                                    alpha=c.sid_alpha, guidance=c.guidance, **kw)
         else:
             loss, extra = gan_generator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
                                              relativistic=c.gan_relativistic, **kw)
+        if c.gan_weight > 0:
+            adversarial, gan_logs = gan_generator_loss(video, self._real_clip(batch), self.critic, self.flow,
+                                                       batch.context, relativistic=c.gan_relativistic, **kw)
+            loss, extra = loss + c.gan_weight * adversarial, {**extra, **gan_logs}
         return loss, {"loss": loss.detach(), **logs, **{k.replace("/", "_"): v for k, v in extra.items()}}
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
@@ -209,14 +238,26 @@ class DistillTraining:
         with torch.no_grad():
             video, _ = self.generate(batch, rng, self._exit_rng(batch, salt=0))
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
+        adversarial = dict(relativistic=c.gan_relativistic, r1_weight=c.r1_weight, r2_weight=c.r2_weight,
+                           r_sigma=c.r_sigma, **kw)
         if c.loss == "gan":
-            loss, extra = gan_discriminator_loss(
-                video, self._real_clip(batch), self.critic, self.flow, batch.context, relativistic=c.gan_relativistic,
-                r1_weight=c.r1_weight, r2_weight=c.r2_weight, r_sigma=c.r_sigma, **kw)
+            loss, extra = gan_discriminator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
+                                                 **adversarial)
         else:
-            loss, extra = critic_loss(video, self.critic, self.flow, batch.context, **kw)
+            loss, extra = critic_loss(video, self.fake_score, self.flow, batch.context, **kw)
+            if c.gan_weight > 0:
+                d_loss, gan_logs = gan_discriminator_loss(video, self._real_clip(batch), self.critic, self.flow,
+                                                          batch.context, **adversarial)
+                extra = {**extra, "critic/flow_loss": loss.detach(), **gan_logs}
+                loss = loss + c.critic_gan_weight * d_loss
         logs = {k.removeprefix("critic/").replace("/", "_"): v for k, v in extra.items() if k != "critic/loss"}
         return loss, {"loss": loss.detach(), **logs}
+
+    def fake_score(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The critic's velocity prediction (DMD / SiD's fake score), through its discriminator in the DMD2 mix."""
+        if self.config.gan_weight > 0:
+            return self.critic(x_t, t, context, output="velocity")
+        return self.critic(x_t, t, context)
 
     def _real_clip(self, batch: Batch) -> torch.Tensor:
         if batch.x_0 is None:

@@ -8,6 +8,8 @@ video. The backbone is the critic (fake score) itself, shared, so the discrimina
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
@@ -45,15 +47,19 @@ class Discriminator(nn.Module):
         backbone: the critic (bidirectional WanDiT), shared with the fake score.
         num_registers: learned register tokens (3 in the published design).
         tap_layers: blocks whose outputs are read; default `default_tap_layers`.
+        score: the backbone stays a score network too (DMD2: one critic is both the fake score and the
+            discriminator), so its output head keeps training and `forward(..., output="velocity")` reads it.
+            Without it the output head is never used and is frozen (no gradient, no optimizer state).
     """
 
-    def __init__(self, backbone: WanDiT, num_registers: int = 3, tap_layers: tuple[int, ...] | None = None):
+    def __init__(self, backbone: WanDiT, num_registers: int = 3, tap_layers: tuple[int, ...] | None = None,
+                 *, score: bool = False):
         super().__init__()
         cfg = backbone.config
         self.backbone = backbone
-        # the logit is read from hidden states: the backbone's output head is never used, so it is frozen
-        # (no gradient, no optimizer state)
-        backbone.head.requires_grad_(False)
+        self.score = score
+        if not score:
+            backbone.head.requires_grad_(False)
         self.tap_layers = tap_layers or default_tap_layers(cfg.num_layers)
         self.registers = nn.Parameter(torch.randn(1, num_registers, cfg.dim) * 0.02)
         self.readouts = nn.ModuleList(RegisterReadout(cfg.dim, cfg.num_heads) for _ in self.tap_layers)
@@ -68,8 +74,18 @@ class Discriminator(nn.Module):
         """Parameters of the discriminator head (not the shared backbone)."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x_t: (B, F, C, H, W) noisy video; t: (B,) -> logits (B,)."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                output: Literal["logit", "velocity"] = "logit") -> torch.Tensor:
+        """x_t: (B, F, C, H, W) noisy video; t: (B,) -> logits (B,), or with output="velocity" the backbone's own
+        prediction (B, F, C, H, W): the fake score of a `score` discriminator. One argument of `forward`, so
+        either goes through a data-parallel wrapper."""
+        if output == "velocity":
+            if not self.score:
+                raise ValueError("this discriminator's output head is frozen: build it with score=True to read "
+                                 "the backbone's velocity")
+            return self.backbone(x_t, t, context)
+        if output != "logit":
+            raise ValueError(f"unknown output {output!r}; choose logit or velocity")
         _, hidden = self.backbone(x_t, t, context, hidden_layers=self.tap_layers)
         registers = self.registers.expand(x_t.shape[0], -1, -1)              # (B, R, D)
         for readout, h in zip(self.readouts, hidden):

@@ -147,7 +147,9 @@ def _distill_networks(config: TrainConfig) -> dict[str, nn.Module]:
     if critic_from is None:
         raise ValueError("distillation needs distill.teacher (or distill.critic_init): the critic starts from it")
     critic = load_transformer(critic_from, causal=False, dtype=torch.float32)
-    nets["critic"] = Discriminator(critic, num_registers=d.num_registers) if d.loss == "gan" else critic
+    if d.adversarial:                                   # the DMD2 mix: one critic, fake score and discriminator
+        critic = Discriminator(critic, num_registers=d.num_registers, score=d.gan_weight > 0)
+    nets["critic"] = critic
     if d.needs_teacher:
         nets["real"] = load_transformer(d.teacher, causal=False, dtype=torch.float32)
     return nets
