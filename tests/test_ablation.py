@@ -16,7 +16,8 @@ from selfforcing.experiments import METHODS, VARIANTS, AblationConfig, quick_con
 from selfforcing.experiments.ablation import budget, stage_config
 from selfforcing.experiments.cli import parse_steps
 from selfforcing.experiments.evaluation import EvalSettings, _long_videos, drift_checkpoints, rolling_cache
-from selfforcing.experiments.results import drift_series, format_budgets, format_table, plot_drift, results_markdown
+from selfforcing.experiments.results import (drift_series, format_budgets, format_paired, format_table, plot_drift,
+                                             results_markdown, standard_error)
 from selfforcing.training.config import train_preset
 
 ROWS = {(m.name, v.name) for m in METHODS for v in VARIANTS}
@@ -44,6 +45,9 @@ def test_quick_mode_scores_every_method_and_variant(quick):
         short, long, speed = m["eval"]["train_length"], m["eval"]["long"], m["eval"]["speed"]
         assert all(_finite(short[k]) and 0 <= short[k] <= 100 for k in ("total", "quality", "semantic", "temporal"))
         assert short["frames"] == 6 and short["num_videos"] == 2
+        assert sum(short["per_video"]["total"]) / 2 == pytest.approx(short["total"])     # scores pair up per video
+        assert [len(v) for v in long["per_video_at"].values()] == [long["num_videos"]] * 2
+        assert sum(long["per_video_at"]["4x"]) / long["num_videos"] == pytest.approx(long["at"]["4x"])
         assert long["skipped"] is None and long["frames"] == 24 and set(long["at"]) == {"2x", "4x"}
         assert all(_finite(v) for v in long["at"].values()) and long["drift"]["stops"] == [6, 12, 18, 24]
         assert _finite(speed["fps"]) and speed["fps"] > 0
@@ -66,6 +70,7 @@ def test_quick_mode_scores_every_method_and_variant(quick):
         assert (quick / "docs" / "ablation-drift.png").is_file() and "](ablation-drift.png)" in docs
     assert markdown == docs.replace("ablation-drift.png", "drift.png")
     assert "| SF+GAN | frame-wise |" in markdown and "Total @4x" in markdown
+    assert "| TF+DMD | frame-wise |" in markdown.split("video by video")[1]      # the paired table
 
 
 def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path):
@@ -174,6 +179,31 @@ def test_format_table_has_one_row_per_method_and_variant():
     budgets = format_budgets(fake_results()).splitlines()
     assert budgets[2] == "| SF+DMD | chunk-wise | distill | 600 | 120 | 600 | 4 | ODE init (400) | 2.1 min |"
     assert "| teacher |" in budgets[3]
+
+
+def _with_videos(row, totals, at5):
+    row["eval"]["train_length"]["per_video"] = {"total": totals}
+    row["eval"]["long"]["per_video_at"] = {"5x": at5, "10x": None}
+    return row
+
+
+def test_paired_differences_against_sf_dmd():
+    """Differences pair up video by video: a constant offset has zero error however spread the videos are."""
+    results = fake_results()
+    results["methods"] = [_with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [20.0, 30.0]),
+                          _with_videos(_row("TF+DMD", "chunk-wise", 42.0), [32.0, 41.0, 53.0], [25.0]),
+                          _with_videos(_row("TF", "chunk-wise", 45.0), [35.0, 45.0, 55.0], [21.0, 31.0]),
+                          _row("DF", "chunk-wise", 30.0),                          # no per-video scores: no row
+                          _with_videos(_row("TF", "frame-wise", 45.0), [1.0, 2.0], [1.0])]   # no SF+DMD there
+    assert standard_error([2.0, 1.0, 3.0]) == pytest.approx(1 / math.sqrt(3)) and standard_error([1.0]) is None
+    rows = format_paired(results).splitlines()
+    assert rows[0] == "| Method | Variant | Δ total | Δ total @5x | Δ total @10x |"
+    assert rows[2:] == ["| TF+DMD | chunk-wise | +2.0 ± 0.6 (3) | +5.0 (1) | – |",
+                        "| TF | chunk-wise | +5.0 ± 0.0 (3) | +1.0 ± 0.0 (2) | – |"]
+    assert format_table(results).splitlines()[2].startswith("| SF+DMD | chunk-wise | 40.0 ± 5.8 | 80.0 |")
+    page = results_markdown(results)
+    assert "## Against SF+DMD, video by video" in page and "± its standard error" in page
+    assert format_paired(fake_results()) is None and "video by video" not in results_markdown(fake_results())
 
 
 def test_markdown_notes_skips_and_links_the_plot():

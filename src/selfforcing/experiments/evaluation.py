@@ -163,21 +163,27 @@ def _long_videos(checkpoint: Path, train_frames: int, block: int, fps_measured: 
     report = evaluate_videos(items, fps=fps, window=window, reference=0)
     drift = report.drift()
     curve = {"starts": drift["starts"], "stops": drift["stops"], **{k: drift[k] for k in HEADLINE}}
-    at = {}
+    at, per_video_at = {}, {}
     for k in drift_checkpoints(settings.long_factor):
         ends = [i for i, stop in enumerate(drift["stops"]) if stop == k * train_frames]
         at[f"{k}x"] = drift["total"][ends[0]] if ends else None
-    return {**out, "num_videos": fit, "drift": curve, "at": at, "mean": {k: report.mean()[k] for k in HEADLINE},
-            "skipped": None, "wall_s": time.perf_counter() - start}
+        per_video_at[f"{k}x"] = [float(s.drift.total[ends[0]]) for s in report.scores] if ends else None
+    return {**out, "num_videos": fit, "drift": curve, "at": at, "per_video_at": per_video_at,
+            "mean": {k: report.mean()[k] for k in HEADLINE}, "skipped": None, "wall_s": time.perf_counter() - start}
 
 
 def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
     """Score an exported causal generator (see the module docstring).
 
     Returns:
-        {"train_length": {frames, num_videos, total, quality, semantic, temporal, dimensions, frechet, wall_s},
+        {"train_length": {frames, num_videos, total, quality, semantic, temporal, per_video, dimensions, frechet,
+                          wall_s},
          "speed": {frames, seconds, fps, first_chunk_s, torch_threads, device},
-         "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, skipped, ...},
+         "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, per_video_at, skipped,
+                  ...},
+        `per_video` holds each held-out video's headline scores and `per_video_at` each long video's total at the
+        drift checkpoints, in prompt order: every generator sees the same prompts and seeds, so two generators'
+        scores pair up video by video.
          "wall_s"}.
     """
     checkpoint = Path(checkpoint)
@@ -195,6 +201,7 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
     report = evaluate_videos(items, fps=fps, window=window, reference=settings.reference)
     mean = report.mean()
     short = {"frames": train_frames, "num_videos": len(items), **{k: mean[k] for k in HEADLINE},
+             "per_video": {k: [float(getattr(s, k)) for s in report.scores] for k in HEADLINE},
              "dimensions": mean["dimensions"], "frechet": _finite(report.frechet),
              "wall_s": time.perf_counter() - started}
 

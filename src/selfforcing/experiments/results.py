@@ -4,11 +4,12 @@ The dict is what `ablation.run_ablation` writes to results.json; the functions r
 
     results["methods"][i] = {"method", "variant", "budget", "init_budget", "train": {"status", "wall_s"},
                              "eval": {"train_length": {"frames", "num_videos", "total", "quality", "semantic",
-                                                       "temporal"},
+                                                       "temporal", "per_video"?: {"total": [...], ...}},
                                       "speed": {"fps"},
                                       "long": {"frames", "num_videos", "window", "local_attn_size", "sink_size",
                                                "drift": {"stops", "total"} | None, "at": {"5x": ...},
-                                               "skipped": reason | None, "note"?}}}
+                                               "per_video_at"?: {"5x": [...]}, "skipped": reason | None,
+                                               "note"?}}}
     results["settings"]["drift_checkpoints"] = [5, 10]      (multiples of the training length)
     results["command"], results["machine"], results["quick"]
 """
@@ -19,7 +20,8 @@ import logging
 import math
 from pathlib import Path
 
-__all__ = ["format_table", "format_budgets", "results_markdown", "drift_series", "plot_drift"]
+__all__ = ["format_table", "format_budgets", "format_paired", "standard_error", "results_markdown", "drift_series",
+           "plot_drift"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,20 @@ def _seconds(value) -> str:
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
+def standard_error(values) -> float | None:
+    """Standard error of the mean (sample standard deviation / sqrt n); None under two values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def _with_error(mean, values) -> str:
+    se = standard_error(values) if values else None
+    return _score(mean) + (f" ± {se:.1f}" if se is not None and mean is not None else "")
+
+
 def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
     """A Markdown table; `align` has one letter per column, "l" or "r"."""
     rule = ["---:" if a == "r" else "---" for a in align]
@@ -60,9 +76,47 @@ def format_table(results: dict) -> str:
     for m in results["methods"]:
         short, long = m["eval"]["train_length"], m["eval"]["long"]
         at = long.get("at") or {}
-        rows.append([m["method"], m["variant"], *(_score(short[k]) for k in SCORES),
+        rows.append([m["method"], m["variant"], _with_error(short["total"], short.get("per_video", {}).get("total")),
+                     *(_score(short[k]) for k in SCORES[1:]),
                      *(_score(at.get(f"{k}x")) for k in checkpoints), _fps(m["eval"]["speed"]["fps"])])
     return _markdown(header, rows, "ll" + "r" * (len(header) - 2))
+
+
+def _paired(a: list | None, b: list | None) -> tuple[float | None, float | None, int]:
+    """Mean and standard error of a - b over the videos both have (the same prompts and seeds, in order)."""
+    if not a or not b:
+        return None, None, 0
+    diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    if not diffs:
+        return None, None, 0
+    return sum(diffs) / len(diffs), standard_error(diffs), len(diffs)
+
+
+def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
+    """Each method's total minus the `reference` method's of the same variant, video by video (every generator
+    is scored on the same prompts and seeds, so the difference is far less noisy than the two totals), as
+    mean ± standard error (n videos) at the training length and at the drift checkpoints. None when the results
+    hold no per-video scores or no reference."""
+    checkpoints = results["settings"]["drift_checkpoints"]
+    refs = {m["variant"]: m for m in results["methods"] if m["method"] == reference}
+    header = ["Method", "Variant", "Δ total"] + [f"Δ total @{k}x" for k in checkpoints]
+    rows = []
+    for m in results["methods"]:
+        ref = refs.get(m["variant"])
+        if ref is None or m is ref or "per_video" not in m["eval"]["train_length"]:
+            continue
+        cells = [(m["eval"]["train_length"]["per_video"]["total"],
+                  ref["eval"]["train_length"].get("per_video", {}).get("total"))]
+        for k in checkpoints:
+            mine, theirs = (x["eval"]["long"].get("per_video_at") or {} for x in (m, ref))
+            cells.append((mine.get(f"{k}x"), theirs.get(f"{k}x")))
+        row = [m["method"], m["variant"]]
+        for a, b in cells:
+            mean, se, n = _paired(a, b)
+            row.append(MISSING if mean is None else
+                       f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" ({n})")
+        rows.append(row)
+    return _markdown(header, rows, "ll" + "r" * (len(header) - 2)) if rows else None
 
 
 def format_budgets(results: dict) -> str:
@@ -110,7 +164,8 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
         lines += ["**Quick mode**: tiny untrained models on 16x16 clips, a smoke test of the pipeline; the scores "
                   "mean nothing (real 16x16 renders score about 65, not 100).", ""]
     lines += [
-        f"Scores are the world's oracle (0-100, total = 0.4 semantic + 0.3 quality + 0.3 temporal), the mean over "
+        f"Scores are the world's oracle (0-100, total = 0.4 semantic + 0.3 quality + 0.3 temporal), the mean "
+        f"{'(total: ± its standard error over the videos) ' if 'per_video' in short else ''}over "
         f"{short['num_videos']} held-out prompts at the training length ({short['frames']} frames). "
         f"Total @{at}: the mean total over the {long['window']}-frame window ending at {at} the training length, "
         f"on {long['frames']}-frame videos of the first {long.get('requested', long['num_videos'])} held-out "
@@ -118,6 +173,17 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
         "of which one block of sink frames). FPS: frames per second of streaming one training-length video "
         "(text encoding and decoding included).", "",
         format_table(results), "",
+    ]
+    paired = format_paired(results)
+    if paired:
+        lines += [
+            "## Against SF+DMD, video by video", "",
+            "Every generator is scored on the same prompts with the same seeds, so differences pair up: each "
+            "method's total minus SF+DMD's of the same variant, mean ± standard error over the (n) videos both "
+            "scored. A difference within about two standard errors of zero is not one these videos can tell.", "",
+            paired, "",
+        ]
+    lines += [
         "## Budgets", "",
         "Steps are optimizer steps of the trainer; a distillation step updates the critic, every "
         "`distill.generator_every`-th step also the generator.", "",
