@@ -117,7 +117,7 @@ class DistillConfig:
             raise ValueError(f"need 0 <= min_t < max_t <= 1000, got {self.min_t}, {self.max_t}")
         if self.rollout_frames is not None and self.rollout_frames < 1:
             raise ValueError("rollout_frames must be positive")
-        critic_weight = self.gan_weight if self.gan_critic_weight is None else self.gan_critic_weight
+        critic_weight = self.critic_gan_weight
         if self.gan_weight < 0 or critic_weight < 0 or (self.gan_weight > 0) != (critic_weight > 0):
             raise ValueError(f"gan_weight and gan_critic_weight must both be positive (the DMD2 mix) or both 0, got "
                              f"{self.gan_weight} and {critic_weight}")
