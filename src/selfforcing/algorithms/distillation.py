@@ -224,11 +224,9 @@ class DistillTraining:
             loss, extra = sid_loss(video, self.real, self.fake_score, self.flow, batch.context, batch.null_context,
                                    alpha=c.sid_alpha, guidance=c.guidance, **kw)
         else:
-            loss, extra = gan_generator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
-                                             relativistic=c.gan_relativistic, **kw)
+            loss, extra = self._adversarial_generator_loss(video, batch, kw)
         if c.gan_weight > 0:
-            adversarial, gan_logs = gan_generator_loss(video, self._real_clip(batch), self.critic, self.flow,
-                                                       batch.context, relativistic=c.gan_relativistic, **kw)
+            adversarial, gan_logs = self._adversarial_generator_loss(video, batch, kw)
             loss, extra = loss + c.gan_weight * adversarial, {**extra, **gan_logs}
         return loss, {"loss": loss.detach(), **logs, **{k.replace("/", "_"): v for k, v in extra.items()}}
 
@@ -238,20 +236,26 @@ class DistillTraining:
         with torch.no_grad():
             video, _ = self.generate(batch, rng, self._exit_rng(batch, salt=0))
         kw = dict(min_t=c.min_t, max_t=c.max_t, rng=rng)
-        adversarial = dict(relativistic=c.gan_relativistic, r1_weight=c.r1_weight, r2_weight=c.r2_weight,
-                           r_sigma=c.r_sigma, **kw)
         if c.loss == "gan":
-            loss, extra = gan_discriminator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
-                                                 **adversarial)
+            loss, extra = self._discriminator_loss(video, batch, kw)
         else:
             loss, extra = critic_loss(video, self.fake_score, self.flow, batch.context, **kw)
             if c.gan_weight > 0:
-                d_loss, gan_logs = gan_discriminator_loss(video, self._real_clip(batch), self.critic, self.flow,
-                                                          batch.context, **adversarial)
+                d_loss, gan_logs = self._discriminator_loss(video, batch, kw)
                 extra = {**extra, "critic/flow_loss": loss.detach(), **gan_logs}
                 loss = loss + c.critic_gan_weight * d_loss
         logs = {k.removeprefix("critic/").replace("/", "_"): v for k, v in extra.items() if k != "critic/loss"}
         return loss, {"loss": loss.detach(), **logs}
+
+    def _adversarial_generator_loss(self, video: torch.Tensor, batch: Batch, kw: dict):
+        return gan_generator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
+                                  relativistic=self.config.gan_relativistic, **kw)
+
+    def _discriminator_loss(self, video: torch.Tensor, batch: Batch, kw: dict):
+        c = self.config
+        return gan_discriminator_loss(video, self._real_clip(batch), self.critic, self.flow, batch.context,
+                                      relativistic=c.gan_relativistic, r1_weight=c.r1_weight, r2_weight=c.r2_weight,
+                                      r_sigma=c.r_sigma, **kw)
 
     def fake_score(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The critic's velocity prediction (DMD / SiD's fake score), through its discriminator in the DMD2 mix."""

@@ -181,10 +181,10 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
          "speed": {frames, seconds, fps, first_chunk_s, torch_threads, device},
          "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, per_video_at, skipped,
                   ...},
+         "wall_s"}.
         `per_video` holds each held-out video's headline scores and `per_video_at` each long video's total at the
         drift checkpoints, in prompt order: every generator sees the same prompts and seeds, so two generators'
         scores pair up video by video.
-         "wall_s"}.
     """
     checkpoint = Path(checkpoint)
     spec = read_pipeline_spec(checkpoint)
