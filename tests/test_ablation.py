@@ -3,6 +3,7 @@ configs at full size, and the table / plot formatting as pure functions of a res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -10,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from selfforcing.cli import main
+from selfforcing.cli import build_parser, main
 from selfforcing.experiments import METHODS, VARIANTS, AblationConfig, quick_config, run_ablation
 from selfforcing.experiments.ablation import budget, stage_config
-from selfforcing.experiments.cli import parse_steps
-from selfforcing.experiments.evaluation import EvalSettings, _long_videos, drift_checkpoints, rolling_cache
+from selfforcing.experiments.cli import config_from_args, parse_steps
+from selfforcing.experiments.evaluation import (EvalSettings, _long_videos, drift_checkpoints, exported_step,
+                                                rolling_cache)
 from selfforcing.experiments.results import (drift_series, format_budgets, format_paired, format_table, plot_drift,
                                              results_markdown, standard_error)
 from selfforcing.training.config import train_preset
@@ -32,6 +35,12 @@ def quick(tmp_path_factory) -> Path:
     return out
 
 
+def _dtypes(path: Path) -> set:
+    from safetensors.torch import load_file
+
+    return {t.dtype for t in load_file(str(path)).values() if t.is_floating_point()}
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -46,9 +55,10 @@ def test_quick_mode_scores_every_method_and_variant(quick):
         assert all(_finite(short[k]) and 0 <= short[k] <= 100 for k in ("total", "quality", "semantic", "temporal"))
         assert short["frames"] == 6 and short["num_videos"] == 2
         assert sum(short["per_video"]["total"]) / 2 == pytest.approx(short["total"])     # scores pair up per video
-        assert [len(v) for v in long["per_video_at"].values()] == [long["num_videos"]] * 2
+        assert [len(v) for v in long["per_video_at"].values()] == [long["num_videos"]] * 3
+        assert [len(c) for c in long["per_video_drift"]] == [4] * long["num_videos"]
         assert sum(long["per_video_at"]["4x"]) / long["num_videos"] == pytest.approx(long["at"]["4x"])
-        assert long["skipped"] is None and long["frames"] == 24 and set(long["at"]) == {"2x", "4x"}
+        assert long["skipped"] is None and long["frames"] == 24 and set(long["at"]) == {"1x", "2x", "4x"}
         assert all(_finite(v) for v in long["at"].values()) and long["drift"]["stops"] == [6, 12, 18, 24]
         assert _finite(speed["fps"]) and speed["fps"] > 0
         assert long["sink_size"] == (3 if m["variant"] == "chunk-wise" else 1)
@@ -59,11 +69,14 @@ def test_quick_mode_scores_every_method_and_variant(quick):
         else:
             assert (b["steps"], b["generator_updates"], b["critic_updates"]) == (3, 3, 0)
             assert m["init"] == "teacher" and m["init_budget"] is None
+        kept = quick / "run" / "checkpoints" / m["variant"] / f"{m['slug']}.safetensors"
+        assert m["checkpoint"] == str(kept) and _dtypes(kept) == {torch.float16}        # the scored copy is fp16
+    assert _dtypes(quick / "run" / "checkpoints" / "frame-wise" / "ode-init.safetensors") == {torch.float16}
     assert [s["stage"] for s in results["stages"][:4]] == ["teacher", "ode-pairs", "chunk-wise/ode-init",
                                                             "frame-wise/ode-init"]
     assert all(s["status"] == "trained" and s["wall_s"] >= 0 for s in results["stages"])
     assert results["command"].startswith("selfforcing experiment ablation") and "--quick" in results["command"]
-    assert results["machine"]["torch_threads"] >= 1 and results["settings"]["drift_checkpoints"] == [2, 4]
+    assert results["machine"]["torch_threads"] >= 1 and results["settings"]["drift_checkpoints"] == [1, 2, 4]
     markdown = (quick / "run" / "results.md").read_text()
     docs = (quick / "docs" / "ablation.md").read_text()
     if results["plot"] is not None:                            # with matplotlib: a copy of the plot beside the page
@@ -93,8 +106,28 @@ def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path
     results = run_ablation(quick_config(str(out), methods=("causvid",), variants=("frame-wise",), steps=more))
     status = {s["stage"]: (s["status"], s["step"]) for s in results["stages"] if "step" in s}
     assert status["frame-wise/causvid"] == ("resumed", 4)
+    kept = out / "checkpoints" / "frame-wise" / "causvid.safetensors"
+    assert json.loads((out / "frame-wise" / "causvid" / "eval.json").read_text())["step"] == 4
+    assert results["methods"][0]["checkpoint"] == str(kept) and exported_step(kept) == 4
     assert status["frame-wise/ode-init"] == ("skipped", 3)
     assert not any(m["eval"]["reused"] for m in results["methods"])       # new weights, new scores
+
+
+def test_cached_scores_follow_the_weights_contents_not_just_the_step(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from selfforcing.experiments import evaluation
+    from selfforcing.training.checkpoint import STEP_KEY
+
+    calls = []
+    monkeypatch.setattr(evaluation, "evaluate_generator", lambda path, settings: calls.append(path) or {"n": len(calls)})
+    weights, cache, settings = tmp_path / "g.safetensors", tmp_path / "eval.json", EvalSettings()
+    save_file({"w": torch.zeros(2)}, str(weights), metadata={STEP_KEY: "7"})
+    assert evaluation.evaluate_cached(weights, settings, cache) == ({"n": 1}, False)
+    assert evaluation.evaluate_cached(weights, settings, cache) == ({"n": 1}, True)
+    assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=1), cache) == ({"n": 2}, False)
+    save_file({"w": torch.ones(2)}, str(weights), metadata={STEP_KEY: "7"})         # same step, other weights
+    assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=1), cache) == ({"n": 3}, False)
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
@@ -103,6 +136,10 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["experiment", "ablation", "--quick", "-o", str(tmp_path), "--teacher", "t.safetensors"]) == 2
     assert "--quick" in capsys.readouterr().err
     assert parse_steps(["distill=600", "causal-diffusion=120"]) == {"distill": 600, "causal-diffusion": 120}
+    args = build_parser().parse_args(["experiment", "ablation", "--checkpoints", "ck", "--steps", "ode-init=7"])
+    config = config_from_args(args)                 # the committed run's budgets by default, --steps on top
+    assert config.steps == {"distill": 100, "causal-diffusion": 100, "ode-init": 7} and config.checkpoints == "ck"
+    assert "--checkpoints ck" in config.command and config.eval.num_prompts == 16
     with pytest.raises(ValueError, match="unknown method"):
         AblationConfig(methods=("sf-foo",))
 
@@ -138,7 +175,7 @@ def test_rolling_cache_and_drift_checkpoints():
     assert rolling_cache(3, 8) == {"local_attn_size": 6, "sink_size": 3}
     with pytest.raises(ValueError):
         rolling_cache(3, 5)
-    assert drift_checkpoints(10) == (5, 10) and drift_checkpoints(4) == (2, 4) and drift_checkpoints(1) == (1,)
+    assert drift_checkpoints(10) == (1, 5, 10) and drift_checkpoints(4) == (1, 2, 4) and drift_checkpoints(1) == (1,)
 
 
 def test_slow_generators_skip_long_videos_with_the_reason(tmp_path):
@@ -150,7 +187,8 @@ def test_slow_generators_skip_long_videos_with_the_reason(tmp_path):
 # ------------------------------------------------------------------------------------------------ formatting
 def _row(method, variant, total, at10=None, fps=12.345, skipped=None):
     long = {"frames": 210, "num_videos": 0 if skipped else 4, "requested": 4, "window": 21, "local_attn_size": 21,
-            "sink_size": 3, "skipped": skipped, "at": None if skipped else {"5x": total - 5, "10x": at10},
+            "sink_size": 3, "skipped": skipped, "at": None if skipped else {"1x": total + 1, "5x": total - 5,
+                                                                                "10x": at10},
             "drift": None if skipped else {"stops": [21, 42], "total": [total, total - 5]}}
     return {"method": method, "variant": variant, "init_budget": None if method == "TF" else {"steps": 400},
             "budget": {"algorithm": "distill", "steps": 600, "generator_updates": 120, "critic_updates": 600,
@@ -164,46 +202,53 @@ def _row(method, variant, total, at10=None, fps=12.345, skipped=None):
 def fake_results():
     return {"command": "selfforcing experiment ablation", "quick": False,
             "machine": {"platform": "Linux", "cpu_count": 2, "torch_threads": 2, "cuda": None},
-            "settings": {"drift_checkpoints": [5, 10]},
+            "settings": {"drift_checkpoints": [1, 5, 10]},
             "methods": [_row("SF+DMD", "chunk-wise", 81.04, at10=70.0),
                         _row("TF", "frame-wise", 60.0, fps=0.0123, skipped="one video takes 9000 s")]}
 
 
 def test_format_table_has_one_row_per_method_and_variant():
     table = format_table(fake_results()).splitlines()
-    assert table[0] == ("| Method | Variant | Total | Quality | Semantic | Temporal | Total @5x | Total @10x "
-                        "| FPS |")
+    assert table[0] == ("| Method | Variant | Total | Quality | Semantic | Temporal | Total @1x | Total @5x "
+                        "| Total @10x | Change 1x → 10x | FPS |")
     assert table[1].startswith("| --- | --- | ---: |")
-    assert table[2] == "| SF+DMD | chunk-wise | 81.0 | 80.0 | 70.2 | 90.0 | 76.0 | 70.0 | 12.3 |"
-    assert table[3] == "| TF | frame-wise | 60.0 | 80.0 | 70.2 | 90.0 | – | – | 0.0123 |"
+    assert table[2] == "| SF+DMD | chunk-wise | 81.0 | 80.0 | 70.2 | 90.0 | 82.0 | 76.0 | 70.0 | -12.0 | 12.3 |"
+    assert table[3] == "| TF | frame-wise | 60.0 | 80.0 | 70.2 | 90.0 | – | – | – | – | 0.0123 |"
     budgets = format_budgets(fake_results()).splitlines()
     assert budgets[2] == "| SF+DMD | chunk-wise | distill | 600 | 120 | 600 | 4 | ODE init (400) | 2.1 min |"
     assert "| teacher |" in budgets[3]
 
 
-def _with_videos(row, totals, at5):
+def _with_videos(row, totals, at1, at5, at10):
     row["eval"]["train_length"]["per_video"] = {"total": totals}
-    row["eval"]["long"]["per_video_at"] = {"5x": at5, "10x": None}
+    row["eval"]["long"]["per_video_at"] = {"1x": at1, "5x": at5, "10x": at10}
     return row
 
 
 def test_paired_differences_against_sf_dmd():
     """Differences pair up video by video: a constant offset has zero error however spread the videos are."""
     results = fake_results()
-    results["methods"] = [_with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [20.0, 30.0]),
-                          _with_videos(_row("TF+DMD", "chunk-wise", 42.0), [32.0, 41.0, 53.0], [25.0]),
-                          _with_videos(_row("TF", "chunk-wise", 45.0), [35.0, 45.0, 55.0], [21.0, 31.0]),
-                          _row("DF", "chunk-wise", 30.0),                          # no per-video scores: no row
-                          _with_videos(_row("TF", "frame-wise", 45.0), [1.0, 2.0], [1.0])]   # no SF+DMD there
+    results["methods"] = [
+        _with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [22.0, 33.0], [20.0, 30.0], [12.0, 30.0]),
+        _with_videos(_row("TF+DMD", "chunk-wise", 42.0), [32.0, 41.0, 53.0], [25.0], [25.0], [20.0]),
+        _with_videos(_row("TF", "chunk-wise", 45.0), [35.0, 45.0, 55.0], [21.0, 31.0], [21.0, 31.0], [11.0, 28.0]),
+        _row("DF", "chunk-wise", 30.0),                                             # no per-video scores: no row
+        _with_videos(_row("TF", "frame-wise", 45.0), [1.0, 2.0], [1.0], [1.0], None),   # no SF+DMD there
+    ]
     assert standard_error([2.0, 1.0, 3.0]) == pytest.approx(1 / math.sqrt(3)) and standard_error([1.0]) is None
     rows = format_paired(results).splitlines()
-    assert rows[0] == "| Method | Variant | Δ total | Δ total @5x | Δ total @10x |"
-    assert rows[2:] == ["| TF+DMD | chunk-wise | +2.0 ± 0.6 (3) | +5.0 (1) | – |",
-                        "| TF | chunk-wise | +5.0 ± 0.0 (3) | +1.0 ± 0.0 (2) | – |"]
+    assert rows[0] == ("| Method | Variant | Δ total | Δ total @1x | Δ total @5x | Δ total @10x "
+                       "| Δ change 1x → 10x |")
+    assert rows[2:] == ["| TF+DMD | chunk-wise | +2.0 ± 0.6 (3) | +3.0 (1) | +5.0 (1) | +8.0 (1) | +5.0 (1) |",
+                        "| TF | chunk-wise | +5.0 ± 0.0 (3) | -1.5 ± 0.5 (2) | +1.0 ± 0.0 (2) | -1.5 ± 0.5 (2) "
+                        "| +0.0 ± 0.0 (2) |"]
+    results["methods"][0]["eval"]["long"]["at"] = {"1x": 27.5, "5x": 25.0, "10x": 21.0}
+    sf = format_table(results).splitlines()[2]                  # the change 1x -> 10x, video by video: -10, -3
+    assert sf.endswith("| 27.5 | 25.0 | 21.0 | -6.5 ± 3.5 | 12.3 |")
     assert format_table(results).splitlines()[2].startswith("| SF+DMD | chunk-wise | 40.0 ± 5.8 | 80.0 |")
     page = results_markdown(results)
     assert "## Against SF+DMD, video by video" in page and "± its standard error" in page
-    assert format_paired(fake_results()) is None and "video by video" not in results_markdown(fake_results())
+    assert format_paired(fake_results()) is None and "Against SF+DMD" not in results_markdown(fake_results())
 
 
 def test_markdown_notes_skips_and_links_the_plot():

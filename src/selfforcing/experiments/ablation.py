@@ -10,6 +10,8 @@ complete (so a killed run picks up where it stopped, a half-trained stage from i
     OUT/ode-pairs/              teacher trajectories, only if --ode-pairs holds none
     OUT/<variant>/ode-init/     the ODE-regression init of the causal generator, per variant
     OUT/<variant>/<method>/     each method from its preset, then its scores (eval.json)
+    OUT/checkpoints/<variant>/  the fp16 copies that are scored and kept: ode-init.safetensors, <method>.safetensors
+                                (--checkpoints puts them elsewhere, e.g. checkpoints/ablation in the repository)
     OUT/results.json, OUT/results.md, OUT/drift.png
 
 Variants: "chunk-wise" runs the presets as they are (3 latent frames a block); "frame-wise" sets
@@ -40,6 +42,7 @@ from typing import Literal, Mapping
 import torch
 
 from ..config import get_preset
+from ..io.checkpoints import cast_checkpoint
 from ..training import checkpoint as ckpt
 from ..training import parallel
 from ..training.config import (WORLD_ODE_PAIRS, WORLD_TEACHER, TrainConfig, resolve_config, train_preset)
@@ -104,6 +107,11 @@ VARIANTS: tuple[Variant, ...] = (
 STAGE_KINDS = ("teacher", "ode-init", "distill", "causal-diffusion")       # the trainer's algorithm names
 EXPORTS = {"teacher": "model_ema.safetensors"}                              # the rest export the generator
 GENERATOR_EXPORT = "generator_ema.safetensors"
+KEEP_DTYPE = torch.float16                      # the kept copies: half the size, scores within noise of fp32
+
+# The comparison's budget: a sixth of the distillation and causal-diffusion presets' 600 / 400 steps, so that the
+# 14 methods train in about two hours on a 2-core CPU (the ODE inits keep their presets' 400 steps).
+DEFAULT_STEPS = {"distill": 100, "causal-diffusion": 100}
 
 # The quick mode's world: teacher-tiny's network and data shapes on 6-frame clips (two chunk-wise blocks).
 QUICK_FRAMES = 6
@@ -124,11 +132,14 @@ class AblationConfig:
         ode_pairs: stored teacher trajectories to reuse; None or an empty folder: `ode_pairs_n` trajectories are
             sampled into OUT/ode-pairs (resumable).
         ode_pairs_n, ode_pairs_steps: size of a sampled set, Euler steps per trajectory.
-        steps: optimizer steps per stage kind (`STAGE_KINDS`); a kind left out keeps its preset's.
+        steps: optimizer steps per stage kind (`STAGE_KINDS`); a kind left out keeps its preset's. Default:
+            `DEFAULT_STEPS`.
         methods, variants: the slugs and variant names to run (all by default).
         eval: how each generator is scored.
         quick: the smoke-test world (see the module docstring).
         docs: also write the Markdown results here (e.g. docs/ablation.md).
+        checkpoints: where the fp16 copies of the generators (and ODE inits) go, as <variant>/<method>.safetensors;
+            these copies are what is scored, so they are the checkpoints the table came from. None: OUT/checkpoints.
         command: the command line, recorded in the results.
     """
 
@@ -137,12 +148,13 @@ class AblationConfig:
     ode_pairs: str | None = WORLD_ODE_PAIRS
     ode_pairs_n: int = 256
     ode_pairs_steps: int = 16
-    steps: Mapping[str, int] = field(default_factory=dict)
+    steps: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))
     methods: tuple[str, ...] = tuple(m.slug for m in METHODS)
     variants: tuple[str, ...] = tuple(v.name for v in VARIANTS)
     eval: EvalSettings = field(default_factory=EvalSettings)
     quick: bool = False
     docs: str | None = None
+    checkpoints: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -248,7 +260,8 @@ def run_stage(name: str, config: TrainConfig, overrides: list[str]) -> dict:
     done = exported_step(target)
     if done is not None and done >= config.schedule.steps:
         stored = _stored_config(target)
-        changed = sorted(set(config_diff(stored, config)) - {"out_dir"}) if stored is not None else []
+        ignored = {"out_dir"} | ({"precision.autocast"} if config.precision.autocast == "auto" else set())
+        changed = sorted(set(config_diff(stored, config)) - ignored) if stored is not None else []
         if changed:
             log.warning("%s: reusing %s, trained with a different config (%s)", name, target, ", ".join(changed))
         earlier = json.loads(record_file.read_text()) if record_file.is_file() else {}
@@ -270,6 +283,17 @@ def run_stage(name: str, config: TrainConfig, overrides: list[str]) -> dict:
               "budget": budget(config)}
     _write_json(record_file, record)
     return record
+
+
+def keep_checkpoint(weights: str | Path, dst: Path) -> Path:
+    """The fp16 copy of exported weights that the ablation scores and keeps (rewritten only when `weights` is
+    newer, so an unchanged stage leaves its kept copy, and the scores cached for it, alone)."""
+    weights = Path(weights)
+    if not (dst.is_file() and exported_step(dst) == exported_step(weights)
+            and dst.stat().st_mtime_ns >= weights.stat().st_mtime_ns):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cast_checkpoint(weights, dst, KEEP_DTYPE)
+    return dst
 
 
 def _trainer(config: TrainConfig, resume: bool):
@@ -336,16 +360,18 @@ def run_ablation(config: AblationConfig) -> dict:
     """Run the plan (see the module docstring) and write OUT/results.json, OUT/results.md and OUT/drift.png.
 
     Returns:
-        the results: {"command", "machine", "settings", "checkpoints", "stages": [training stage records in order],
-        "methods": [one entry per method x variant: method, slug, variant, preset, init, weights, budget, init_budget,
-        train, eval], "wall_s", "complete"}.
+        the results: {"command", "machine", "quick", "checkpoints" (the folder of the kept fp16 copies), "settings",
+        "stages": [training stage records in order], "methods": [one entry per method x variant: method, slug,
+        variant, preset, init, weights (the trainer's export), checkpoint (its kept copy, the one scored), budget,
+        init_budget, train, eval], "wall_s", "complete"}.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    kept = Path(config.checkpoints) if config.checkpoints is not None else out / "checkpoints"
     started = time.perf_counter()
     variants, methods = selected(config)
     results = {
-        "command": config.command, "machine": machine(), "quick": config.quick,
+        "command": config.command, "machine": machine(), "quick": config.quick, "checkpoints": str(kept),
         "settings": {**dataclasses.asdict(config),
                      "drift_checkpoints": list(drift_checkpoints(config.eval.long_factor))},
         "stages": [], "methods": [], "complete": False,
@@ -368,6 +394,8 @@ def run_ablation(config: AblationConfig) -> dict:
             train_config, overrides = stage_config(config, variant.ode_init_preset, variant,
                                                    out / variant.name / "ode-init", teacher=teacher, pairs=pairs)
             inits[variant.name] = run_stage(f"{variant.name}/ode-init", train_config, overrides)
+            inits[variant.name]["kept"] = str(keep_checkpoint(inits[variant.name]["weights"],
+                                                              kept / variant.name / "ode-init.safetensors"))
             init_budgets[variant.name] = budget(train_config)
             results["stages"].append(inits[variant.name])
     save()
@@ -378,13 +406,15 @@ def run_ablation(config: AblationConfig) -> dict:
             folder = out / variant.name / method.slug
             train_config, overrides = stage_config(config, method.preset, variant, folder, teacher=teacher, init=init)
             record = run_stage(f"{variant.name}/{method.slug}", train_config, overrides)
+            record["kept"] = str(keep_checkpoint(record["weights"], kept / variant.name / f"{method.slug}.safetensors"))
             results["stages"].append(record)
-            scores, reused = evaluate_cached(record["weights"], config.eval, folder / "eval.json")
+            scores, reused = evaluate_cached(record["kept"], config.eval, folder / "eval.json")
             log.info("%s / %s: %s, total %.1f at the training length", variant.name, method.name,
                      "scores reused" if reused else "scored", scores["train_length"]["total"])
             results["methods"].append({
                 "method": method.name, "slug": method.slug, "variant": variant.name, "preset": method.preset,
-                "init": method.init, "weights": record["weights"], "budget": budget(train_config),
+                "init": method.init, "weights": record["weights"], "checkpoint": record["kept"],
+                "budget": budget(train_config),
                 "init_budget": init_budgets[variant.name] if method.init == "ode-init" else None,
                 "train": {k: record.get(k) for k in ("status", "step", "wall_s")},
                 "eval": {**scores, "reused": reused},

@@ -3,8 +3,8 @@
 The main CLI hands its subparsers to `add_parser` (which adds `experiment` and its sub-commands) and calls `run`
 with the parsed arguments.
 
-    selfforcing experiment ablation -o runs/ablation --docs docs/ablation.md
-    selfforcing experiment ablation --steps distill=600 causal-diffusion=120 ode-init=400
+    selfforcing experiment ablation --checkpoints checkpoints/ablation --docs docs/ablation.md
+    selfforcing experiment ablation --steps distill=600 causal-diffusion=400 ode-init=400
     selfforcing experiment ablation --methods sf-dmd causvid --variants chunk-wise
     selfforcing experiment ablation --quick -o /tmp/ablation-quick      # tiny models, under a minute
 
@@ -19,13 +19,13 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from .ablation import METHODS, STAGE_KINDS, VARIANTS, AblationConfig, quick_config, run_ablation
+from .ablation import DEFAULT_STEPS, METHODS, STAGE_KINDS, VARIANTS, AblationConfig, quick_config, run_ablation
 
 __all__ = ["add_parser", "run", "parse_steps", "command_line"]
 
 # Options recorded in the reproducing command line, in order (dest names; flags are --dest-with-dashes).
 _OPTIONS = ("out", "teacher", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
-            "long_prompts", "long_budget", "window", "reference", "seed", "device", "docs", "quick")
+            "long_prompts", "long_budget", "window", "reference", "seed", "device", "checkpoints", "docs", "quick")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,24 +42,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="ODE pairs to reuse (default: runs/ode-pairs-world; sampled into OUT/ode-pairs if empty)")
     a.add_argument("--ode-pairs-n", type=int, default=None, help="trajectories to sample when needed (default: 256)")
     a.add_argument("--steps", nargs="+", default=[], metavar="KIND=N",
-                   help=f"optimizer steps per stage kind ({', '.join(STAGE_KINDS)}); default: each preset's")
+                   help=f"optimizer steps per stage kind ({', '.join(STAGE_KINDS)}); default: "
+                        f"{' '.join(f'{k}={v}' for k, v in DEFAULT_STEPS.items())}, the rest their presets'")
     a.add_argument("--methods", nargs="+", default=None, choices=[m.slug for m in METHODS], metavar="METHOD",
                    help=f"methods to run (default: all: {', '.join(m.slug for m in METHODS)})")
     a.add_argument("--variants", nargs="+", default=None, choices=[v.name for v in VARIANTS], metavar="VARIANT",
                    help=f"variants to run (default: all: {', '.join(v.name for v in VARIANTS)})")
-    a.add_argument("--n", type=int, default=None, help="held-out prompts scored at the training length (default: 8)")
+    a.add_argument("--n", type=int, default=None, help="held-out prompts scored at the training length (default: 16)")
     a.add_argument("--long-factor", type=int, default=None,
                    help="long videos are this many times the training length (default: 10)")
-    a.add_argument("--long-prompts", type=int, default=None, help="prompts rolled out as long videos (default: 4)")
+    a.add_argument("--long-prompts", type=int, default=None, help="prompts rolled out as long videos (default: 8)")
     a.add_argument("--long-budget", type=float, default=None,
                    help="seconds of long-video generation per method, estimated from its measured speed; prompts "
-                        "are dropped (all: skipped, with the reason recorded) to fit (default: 3600)")
+                        "are dropped (all: skipped, with the reason recorded) to fit (default: 450)")
     a.add_argument("--window", type=int, default=None,
                    help="frames per drift-curve window (default: the training length)")
     a.add_argument("--reference", type=int, default=None,
                    help="real videos for the Fréchet distance at the training length (0: skip; default: 64)")
     a.add_argument("--seed", type=int, default=None, help="generation seed of the first prompt (default: 0)")
     a.add_argument("--device", default=None, help="torch device of training and generation (default: cpu)")
+    a.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="where the scored fp16 copies of the generators go, as VARIANT/METHOD.safetensors "
+                        "(default: OUT/checkpoints)")
     a.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
     a.add_argument("--quick", action="store_true",
                    help="smoke test in under a minute: tiny models, 3 steps a stage, 2 prompts, 4x long videos")
@@ -135,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
                "variants": tuple(args.variants) if args.variants else None}
     return dataclasses.replace(
         base, eval=settings, steps={**base.steps, **parse_steps(args.steps)}, docs=args.docs,
+        checkpoints=args.checkpoints,
         command=command_line(args), **{k: v for k, v in changes.items() if v is not None},
     )
 

@@ -19,6 +19,7 @@ measured speed: fewer prompts, or none with the reason recorded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -58,10 +59,10 @@ class EvalSettings:
         device: torch device of generation.
     """
 
-    num_prompts: int = 8
+    num_prompts: int = 16
     long_factor: int = 10
-    long_prompts: int = 4
-    long_budget_s: float = 3600.0
+    long_prompts: int = 8
+    long_budget_s: float = 450.0
     window: int | None = None
     reference: int = 64
     seed: int = 0
@@ -105,8 +106,9 @@ def rolling_cache(frames_per_block: int, train_frames: int) -> dict:
 
 
 def drift_checkpoints(long_factor: int) -> tuple[int, ...]:
-    """Multiples of the training length at which the table reads the drift curve: half way and the end."""
-    return tuple(sorted({max(1, long_factor // 2), long_factor}))
+    """Multiples of the training length at which the table reads the drift curve: the first window (the level
+    the video starts at, against which the rest is drift), half way and the end."""
+    return tuple(sorted({1, max(1, long_factor // 2), long_factor}))
 
 
 @lru_cache(maxsize=4)
@@ -168,7 +170,9 @@ def _long_videos(checkpoint: Path, train_frames: int, block: int, fps_measured: 
         ends = [i for i, stop in enumerate(drift["stops"]) if stop == k * train_frames]
         at[f"{k}x"] = drift["total"][ends[0]] if ends else None
         per_video_at[f"{k}x"] = [float(s.drift.total[ends[0]]) for s in report.scores] if ends else None
+    per_video_drift = [[float(t) for t in s.drift.total] for s in report.scores]
     return {**out, "num_videos": fit, "drift": curve, "at": at, "per_video_at": per_video_at,
+            "per_video_drift": per_video_drift,
             "mean": {k: report.mean()[k] for k in HEADLINE}, "skipped": None, "wall_s": time.perf_counter() - start}
 
 
@@ -179,11 +183,11 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
         {"train_length": {frames, num_videos, total, quality, semantic, temporal, per_video, dimensions, frechet,
                           wall_s},
          "speed": {frames, seconds, fps, first_chunk_s, torch_threads, device},
-         "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, per_video_at, skipped,
-                  ...},
+         "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, per_video_at,
+                  per_video_drift, skipped, ...},
          "wall_s"}.
-        `per_video` holds each held-out video's headline scores and `per_video_at` each long video's total at the
-        drift checkpoints, in prompt order: every generator sees the same prompts and seeds, so two generators'
+        `per_video` holds each held-out video's headline scores, `per_video_at` each long video's total at the
+        drift checkpoints and `per_video_drift` its whole drift curve (total per window), in prompt order: every generator sees the same prompts and seeds, so two generators'
         scores pair up video by video.
     """
     checkpoint = Path(checkpoint)
@@ -215,9 +219,10 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
 
 def evaluate_cached(checkpoint: str | Path, settings: EvalSettings, cache: str | Path) -> tuple[dict, bool]:
     """`evaluate_generator`, reusing `cache` (a JSON file) when it holds the scores of the same weights (same
-    exported step) under the same settings. Returns (scores, whether they were reused)."""
+    file contents) under the same settings. Returns (scores, whether they were reused)."""
     cache = Path(cache)
-    key = {"settings": dataclasses.asdict(settings), "step": exported_step(checkpoint)}
+    key = {"settings": dataclasses.asdict(settings), "step": exported_step(checkpoint),
+           "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()}
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if {k: stored.get(k) for k in key} == key:

@@ -9,8 +9,9 @@ The dict is what `ablation.run_ablation` writes to results.json; the functions r
                                       "long": {"frames", "num_videos", "window", "local_attn_size", "sink_size",
                                                "drift": {"stops", "total"} | None, "at": {"5x": ...},
                                                "per_video_at"?: {"5x": [...]}, "skipped": reason | None,
+                                               "per_video_drift"?: [[total per window] per video],
                                                "note"?}}}
-    results["settings"]["drift_checkpoints"] = [5, 10]      (multiples of the training length)
+    results["settings"]["drift_checkpoints"] = [1, 5, 10]   (multiples of the training length; 1: the first window)
     results["command"], results["machine"], results["quick"]
 """
 
@@ -70,16 +71,41 @@ def format_table(results: dict) -> str:
     """Rows = method x variant (in run order); columns: the oracle's total / quality / semantic / temporal at the
     training length, the total at the drift checkpoints of the long videos, streaming frames per second."""
     checkpoints = results["settings"]["drift_checkpoints"]
+    change = _change_label(checkpoints)
     header = ["Method", "Variant", "Total", "Quality", "Semantic", "Temporal"]
-    header += [f"Total @{k}x" for k in checkpoints] + ["FPS"]
+    header += [f"Total @{k}x" for k in checkpoints] + ([change] if change else []) + ["FPS"]
     rows = []
     for m in results["methods"]:
         short, long = m["eval"]["train_length"], m["eval"]["long"]
         at = long.get("at") or {}
+        first, last = (at.get(f"{k}x") for k in (checkpoints[0], checkpoints[-1]))
+        drop = [last - first] if first is not None and last is not None else [None]
         rows.append([m["method"], m["variant"], _with_error(short["total"], short.get("per_video", {}).get("total")),
                      *(_score(short[k]) for k in SCORES[1:]),
-                     *(_score(at.get(f"{k}x")) for k in checkpoints), _fps(m["eval"]["speed"]["fps"])])
+                     *(_score(at.get(f"{k}x")) for k in checkpoints),
+                     *([_signed(drop[0], _change(long.get("per_video_at") or {}, checkpoints))] if change else []),
+                     _fps(m["eval"]["speed"]["fps"])])
     return _markdown(header, rows, "ll" + "r" * (len(header) - 2))
+
+
+def _change_label(checkpoints) -> str | None:
+    """The drift column: the last checkpoint's total minus the first window's (None without both)."""
+    return f"Change {checkpoints[0]}x → {checkpoints[-1]}x" if len(checkpoints) > 1 and checkpoints[0] == 1 else None
+
+
+def _change(per_video_at: dict, checkpoints) -> list | None:
+    """Per long video: the total at the last checkpoint minus the first window's."""
+    first, last = (per_video_at.get(f"{k}x") for k in (checkpoints[0], checkpoints[-1]))
+    if not first or not last:
+        return None
+    return [b - a if a is not None and b is not None else None for a, b in zip(first, last)]
+
+
+def _signed(mean, values) -> str:
+    if mean is None or not math.isfinite(mean):
+        return MISSING
+    se = standard_error(values) if values else None
+    return f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "")
 
 
 def _paired(a: list | None, b: list | None) -> tuple[float | None, float | None, int]:
@@ -98,8 +124,10 @@ def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
     mean ± standard error (n videos) at the training length and at the drift checkpoints. None when the results
     hold no per-video scores or no reference."""
     checkpoints = results["settings"]["drift_checkpoints"]
+    change = _change_label(checkpoints)
     refs = {m["variant"]: m for m in results["methods"] if m["method"] == reference}
     header = ["Method", "Variant", "Δ total"] + [f"Δ total @{k}x" for k in checkpoints]
+    header += [f"Δ {change[0].lower()}{change[1:]}"] if change else []
     rows = []
     for m in results["methods"]:
         ref = refs.get(m["variant"])
@@ -107,9 +135,11 @@ def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
             continue
         cells = [(m["eval"]["train_length"]["per_video"]["total"],
                   ref["eval"]["train_length"].get("per_video", {}).get("total"))]
+        mine, theirs = (x["eval"]["long"].get("per_video_at") or {} for x in (m, ref))
         for k in checkpoints:
-            mine, theirs = (x["eval"]["long"].get("per_video_at") or {} for x in (m, ref))
             cells.append((mine.get(f"{k}x"), theirs.get(f"{k}x")))
+        if change:
+            cells.append((_change(mine, checkpoints), _change(theirs, checkpoints)))
         row = [m["method"], m["variant"]]
         for a, b in cells:
             mean, se, n = _paired(a, b)
@@ -170,10 +200,17 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
         f"Total @{at}: the mean total over the {long['window']}-frame window ending at {at} the training length, "
         f"on {long['frames']}-frame videos of the first {long.get('requested', long['num_videos'])} held-out "
         f"prompts (fewer where noted), rolled out with a rolling KV cache ({long['local_attn_size']} latent frames, "
-        "of which one block of sink frames). FPS: frames per second of streaming one training-length video "
-        "(text encoding and decoding included).", "",
-        format_table(results), "",
+        "of which one block of sink frames)"
+        + (f"; @1x is their first window, where the cache has not rolled yet, and {_change_label(checkpoints)} the "
+           "last window's total minus the first one's per video (± its standard error): the drift, "
+           "whatever level the video starts at" if _change_label(checkpoints) else "")
+        + ". FPS: frames per second of streaming one training-length video (text encoding and decoding "
+        "included).", "",
     ]
+    if results.get("checkpoints"):
+        lines += [f"Checkpoints: every row's generator is the fp16 file `{results['checkpoints']}/<variant>/<method>"
+                  ".safetensors` that was scored (the ODE inits beside them as `ode-init.safetensors`).", ""]
+    lines += [format_table(results), ""]
     paired = format_paired(results)
     if paired:
         lines += [

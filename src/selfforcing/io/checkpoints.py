@@ -23,7 +23,6 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -56,6 +55,7 @@ __all__ = [
     "load_transformer",
     "save_transformer",
     "cast_checkpoint",
+    "atomic_write",
     "save_wan",
     "save_diffusers",
 ]
@@ -472,28 +472,37 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-@contextmanager
-def _atomic(path: Path):
-    """Yield a temporary path in `path`'s folder that replaces `path` on success: readers never see half a file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` (atomic on POSIX): readers
+    never see half a file, and on any failure the temporary file is removed and `path` keeps its content."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield tmp
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())                    # mkstemp creates 0600; use the usual mode
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    with _atomic(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _atomic_write_json(obj: dict, path: Path) -> None:
-    with _atomic(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
 def save_transformer(model: WanDiT, path: str | os.PathLike, extra_metadata: Mapping | None = None) -> Path:

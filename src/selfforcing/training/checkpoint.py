@@ -23,16 +23,14 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..config import WanConfig
 from ..inference.loading import PIPELINE_METADATA_KEY, PipelineSpec
-from ..io.checkpoints import save_transformer
+from ..io.checkpoints import atomic_write, save_transformer
 from ..models.wan import WanDiT
 
 __all__ = [
@@ -48,33 +46,6 @@ TRAIN_CONFIG_KEY = "selfforcing.train_config"
 LATENT_NORM_KEY = "selfforcing.latent_norm"
 STEP_KEY = "selfforcing.step"
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` (atomic on POSIX).
-
-    On any failure the temporary file is removed and `path` keeps its previous content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())                    # mkstemp creates 0600; use the usual mode
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
