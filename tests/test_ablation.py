@@ -219,8 +219,8 @@ def test_format_table_has_one_row_per_method_and_variant():
     assert "| teacher |" in budgets[3]
 
 
-def _with_videos(row, totals, at1, at5, at10):
-    row["eval"]["train_length"]["per_video"] = {"total": totals}
+def _with_videos(row, totals, at1, at5, at10, semantic=None):
+    row["eval"]["train_length"]["per_video"] = {"total": totals, **({"semantic": semantic} if semantic else {})}
     row["eval"]["long"]["per_video_at"] = {"1x": at1, "5x": at5, "10x": at10}
     return row
 
@@ -229,19 +229,22 @@ def test_paired_differences_against_sf_dmd():
     """Differences pair up video by video: a constant offset has zero error however spread the videos are."""
     results = fake_results()
     results["methods"] = [
-        _with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [22.0, 33.0], [20.0, 30.0], [12.0, 30.0]),
-        _with_videos(_row("TF+DMD", "chunk-wise", 42.0), [32.0, 41.0, 53.0], [25.0], [25.0], [20.0]),
+        _with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [22.0, 33.0], [20.0, 30.0], [12.0, 30.0],
+                     semantic=[10.0, 20.0, 30.0]),
+        _with_videos(_row("TF+DMD", "chunk-wise", 42.0), [32.0, 41.0, 53.0], [25.0], [25.0], [20.0],
+                     semantic=[13.0, 23.0]),
         _with_videos(_row("TF", "chunk-wise", 45.0), [35.0, 45.0, 55.0], [21.0, 31.0], [21.0, 31.0], [11.0, 28.0]),
         _row("DF", "chunk-wise", 30.0),                                             # no per-video scores: no row
         _with_videos(_row("TF", "frame-wise", 45.0), [1.0, 2.0], [1.0], [1.0], None),   # no SF+DMD there
     ]
     assert standard_error([2.0, 1.0, 3.0]) == pytest.approx(1 / math.sqrt(3)) and standard_error([1.0]) is None
     rows = format_paired(results).splitlines()
-    assert rows[0] == ("| Method | Variant | Δ total | Δ total @1x | Δ total @5x | Δ total @10x "
-                       "| Δ change 1x → 10x |")
-    assert rows[2:] == ["| TF+DMD | chunk-wise | +2.0 ± 0.6 (3) | +3.0 (1) | +5.0 (1) | +8.0 (1) | +5.0 (1) |",
-                        "| TF | chunk-wise | +5.0 ± 0.0 (3) | -1.5 ± 0.5 (2) | +1.0 ± 0.0 (2) | -1.5 ± 0.5 (2) "
-                        "| +0.0 ± 0.0 (2) |"]
+    assert rows[0] == ("| Method | Variant | Δ total | Δ quality | Δ semantic | Δ temporal | Δ total @1x | Δ total @5x "
+                       "| Δ total @10x | Δ change 1x → 10x |")
+    assert rows[2:] == ["| TF+DMD | chunk-wise | +2.0 ± 0.6 (3) | – | +3.0 ± 0.0 (2) | – | +3.0 (1) | +5.0 (1) "
+                        "| +8.0 (1) | +5.0 (1) |",
+                        "| TF | chunk-wise | +5.0 ± 0.0 (3) | – | – | – | -1.5 ± 0.5 (2) | +1.0 ± 0.0 (2) "
+                        "| -1.5 ± 0.5 (2) | +0.0 ± 0.0 (2) |"]
     results["methods"][0]["eval"]["long"]["at"] = {"1x": 27.5, "5x": 25.0, "10x": 21.0}
     sf = format_table(results).splitlines()[2]                  # the change 1x -> 10x, video by video: -10, -3
     assert sf.endswith("| 27.5 | 25.0 | 21.0 | -6.5 ± 3.5 | 12.3 |")

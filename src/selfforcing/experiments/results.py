@@ -119,22 +119,23 @@ def _paired(a: list | None, b: list | None) -> tuple[float | None, float | None,
 
 
 def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
-    """Each method's total minus the `reference` method's of the same variant, video by video (every generator
-    is scored on the same prompts and seeds, so the difference is far less noisy than the two totals), as
-    mean ± standard error (n videos) at the training length and at the drift checkpoints. None when the results
+    """Each method's scores minus the `reference` method's of the same variant, video by video (every generator
+    is scored on the same prompts and seeds, so the difference is far less noisy than the two means), as
+    mean ± standard error (n videos): total / quality / semantic / temporal at the training length, the total at
+    the drift checkpoints and its change from the first window to the last. None when the results
     hold no per-video scores or no reference."""
     checkpoints = results["settings"]["drift_checkpoints"]
     change = _change_label(checkpoints)
     refs = {m["variant"]: m for m in results["methods"] if m["method"] == reference}
-    header = ["Method", "Variant", "Δ total"] + [f"Δ total @{k}x" for k in checkpoints]
+    header = ["Method", "Variant"] + [f"Δ {k}" for k in SCORES] + [f"Δ total @{k}x" for k in checkpoints]
     header += [f"Δ {change[0].lower()}{change[1:]}"] if change else []
     rows = []
     for m in results["methods"]:
         ref = refs.get(m["variant"])
         if ref is None or m is ref or "per_video" not in m["eval"]["train_length"]:
             continue
-        cells = [(m["eval"]["train_length"]["per_video"]["total"],
-                  ref["eval"]["train_length"].get("per_video", {}).get("total"))]
+        cells = [(m["eval"]["train_length"]["per_video"].get(k),
+                  ref["eval"]["train_length"].get("per_video", {}).get(k)) for k in SCORES]
         mine, theirs = (x["eval"]["long"].get("per_video_at") or {} for x in (m, ref))
         for k in checkpoints:
             cells.append((mine.get(f"{k}x"), theirs.get(f"{k}x")))
@@ -216,7 +217,7 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
         lines += [
             "## Against SF+DMD, video by video", "",
             "Every generator is scored on the same prompts with the same seeds, so differences pair up: each "
-            "method's total minus SF+DMD's of the same variant, mean ± standard error over the (n) videos both "
+            "method's score minus SF+DMD's of the same variant, mean ± standard error over the (n) videos both "
             "scored. A difference within about two standard errors of zero is not one these videos can tell.", "",
             paired, "",
         ]

@@ -222,7 +222,8 @@ class StreamingPipeline:
                 x_0 = initial_latents[:, start : start + size].to(self.device, torch.float32)
             else:
                 x_0 = self._denoise_chunk(noise[:, start : start + size], start, contexts, caches, history, generators)
-            self._write_context(x_0, start, contexts, caches, history, generators)
+            if index < len(sizes) - 1:                  # the last chunk is no one's context
+                self._write_context(x_0, start, contexts, caches, history, generators)
             frames = decoder.decode(x_0) if decoder is not None else None
             yield Chunk(index=index, start_frame=start, latents=x_0, frames=frames)
             start += size
