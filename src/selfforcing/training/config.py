@@ -526,7 +526,8 @@ def _distill_world(name: str, model: str = "world-causal", init: str = WORLD_ODE
 
 @_preset("sf-dmd-world")
 def sf_dmd_world() -> TrainConfig:
-    """Self-Forcing + DMD, chunk-wise. Prompts only, no videos."""
+    """Self-Forcing + DMD, chunk-wise. Prompts only, no videos. The shipped default generator is this preset's EMA
+    weights after 100 steps (`--set schedule.steps=100`), in fp16."""
     return _distill_world("sf-dmd-world", loss="dmd")
 
 
@@ -538,8 +539,7 @@ def sf_sid_world() -> TrainConfig:
 
 @_preset("sf-gan-world")
 def sf_gan_world() -> TrainConfig:
-    """Self-Forcing + GAN, chunk-wise: a discriminator on the critic's backbone against real world clips. The
-    shipped default generator is this preset's raw weights after 200 steps (`--set schedule.steps=200`)."""
+    """Self-Forcing + GAN, chunk-wise: a discriminator on the critic's backbone against real world clips."""
     return _distill_world("sf-gan-world", loss="gan", source="world", gan_relativistic=True)
 
 
