@@ -8,8 +8,9 @@ Three measurements per generator, all with the oracle evaluator (`selfforcing.ev
    and decoding included, checkpoint loading excluded);
 3. **long videos**: `long_prompts` prompts rolled out to `long_factor` x the training length with a rolling
    KV cache (a window of the training length, rounded down to whole blocks, and one block of sink frames), and
-   the drift curve: the total over each training-length window of frames. The table reports the window ending
-   at half and at the full long length (5x and 10x by default).
+   the drift curve: the total over each training-length window of frames. The table reports the first window
+   (1x, before the cache rolls) and the windows ending at half and at the full long length (5x and 10x by
+   default), and the change from the first to the last, video by video.
 
 Multi-step generators (the TF / DF baselines: tens of guided steps per chunk) are orders of magnitude slower
 than the 4-step distilled ones, so the long-video rollouts are capped by a time budget estimated from the
