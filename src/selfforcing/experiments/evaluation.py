@@ -5,7 +5,7 @@ Three measurements per generator, all with the oracle evaluator (`selfforcing.ev
 1. **training length**: the first `num_prompts` held-out prompts rolled out at the training length (21 latent
    frames = 21 pixel frames with the world's codec), scored for total / quality / semantic / temporal;
 2. **speed**: one training-length video streamed chunk by chunk, frames per second of generation (text encoding
-   and decoding included, checkpoint loading excluded);
+   and decoding included, checkpoint loading excluded), the median of 3 runs after a warm-up;
 3. **long videos**: `long_prompts` prompts rolled out to `long_factor` x the training length with a rolling
    KV cache (a window of the training length, rounded down to whole blocks, and one block of sink frames), and
    the drift curve: the total over each training-length window of frames. The table reports the first window
@@ -112,6 +112,9 @@ def drift_checkpoints(long_factor: int) -> tuple[int, ...]:
     return tuple(sorted({1, max(1, long_factor // 2), long_factor}))
 
 
+SPEED_REPEATS = 3                      # timed streaming runs after the warm-up; the median is reported
+
+
 @lru_cache(maxsize=4)
 def _text_encoder(name: str, max_length: int, dim: int):
     """One text encoder per kind, shared by every generator (MiniLM takes seconds to load)."""
@@ -126,19 +129,24 @@ def _finite(value):
     return value if value is None or math.isfinite(value) else None
 
 
-def _stream_speed(checkpoint: Path, prompt: str, num_frames: int, settings: EvalSettings, encoder) -> dict:
-    """Frames per second of streaming one video of `num_frames` latent frames."""
+def _stream_speed(checkpoint: Path, prompt: str, num_frames: int, settings: EvalSettings, encoder,
+                  repeats: int = SPEED_REPEATS) -> dict:
+    """Frames per second of streaming one video of `num_frames` latent frames: one untimed warm-up run, then the
+    median of `repeats` timed runs (a single cold run varies by tens of percent on a shared CPU)."""
     pipe, _ = load_pipeline(checkpoint, device=settings.device, text_encoder=encoder)
     cuda = torch.device(settings.device).type == "cuda"
-    start, first, frames = time.perf_counter(), None, 0
-    for chunk in pipe.stream(prompt, num_frames=num_frames, seeds=[settings.seed]):
-        if cuda:
-            torch.cuda.synchronize()
-        first = first if first is not None else time.perf_counter() - start
-        frames += chunk.frames.shape[1]
-    seconds = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats + 1):
+        start, first, frames = time.perf_counter(), None, 0
+        for chunk in pipe.stream(prompt, num_frames=num_frames, seeds=[settings.seed]):
+            if cuda:
+                torch.cuda.synchronize()
+            first = first if first is not None else time.perf_counter() - start
+            frames += chunk.frames.shape[1]
+        runs.append((time.perf_counter() - start, first))
+    seconds, first = sorted(runs[1:])[len(runs[1:]) // 2]
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_chunk_s": first,
-            "torch_threads": torch.get_num_threads(), "device": settings.device}
+            "runs": len(runs) - 1, "torch_threads": torch.get_num_threads(), "device": settings.device}
 
 
 def _long_videos(checkpoint: Path, train_frames: int, block: int, fps_measured: float, window: int,
@@ -183,7 +191,7 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
     Returns:
         {"train_length": {frames, num_videos, total, quality, semantic, temporal, per_video, dimensions, frechet,
                           wall_s},
-         "speed": {frames, seconds, fps, first_chunk_s, torch_threads, device},
+         "speed": {frames, seconds, fps, first_chunk_s, runs, torch_threads, device},
          "long": {frames, factor, window, local_attn_size, sink_size, num_videos, drift, at, per_video_at,
                   per_video_drift, skipped, ...},
          "wall_s"}.
