@@ -19,8 +19,8 @@ from selfforcing.experiments.ablation import budget, stage_config
 from selfforcing.experiments.cli import config_from_args, parse_steps
 from selfforcing.experiments.evaluation import (EvalSettings, _long_videos, drift_checkpoints, exported_step,
                                                 rolling_cache)
-from selfforcing.experiments.results import (drift_series, format_budgets, format_paired, format_table, plot_drift,
-                                             results_markdown, standard_error)
+from selfforcing.experiments.results import (drift_series, format_against_teacher, format_budgets, format_paired,
+                                             format_table, plot_drift, results_markdown, standard_error)
 from selfforcing.training.config import train_preset
 
 ROWS = {(m.name, v.name) for m in METHODS for v in VARIANTS}
@@ -84,6 +84,10 @@ def test_quick_mode_scores_every_method_and_variant(quick):
     assert markdown == docs.replace("ablation-drift.png", "drift.png")
     assert "| SF+GAN | frame-wise |" in markdown and "Total @4x" in markdown
     assert "| TF+DMD | frame-wise |" in markdown.split("video by video")[1]      # the paired table
+    teacher = results["teacher"]["eval"]                    # the reference: the training length only
+    assert len(teacher["train_length"]["per_video"]["total"]) == 2 and teacher["speed"] is None
+    assert teacher["long"]["num_videos"] == 0 and "bidirectional" in teacher["long"]["skipped"]
+    assert "## Against the teacher, video by video" in markdown
 
 
 def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path):
@@ -94,7 +98,7 @@ def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path
     stamps = {p: p.stat().st_mtime_ns for p in weights}
     results = run_ablation(quick_config(str(out)))
     assert {s["status"] for s in results["stages"]} == {"skipped"}
-    assert all(m["eval"]["reused"] for m in results["methods"])
+    assert all(m["eval"]["reused"] for m in results["methods"]) and results["teacher"]["eval"]["reused"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # a stage killed after its last checkpoint but before the export, and one asked for more steps
     (out / "frame-wise" / "sf-dmd" / "generator_ema.safetensors").unlink()
@@ -252,6 +256,20 @@ def test_paired_differences_against_sf_dmd():
     page = results_markdown(results)
     assert "## Against SF+DMD, video by video" in page and "± its standard error" in page
     assert format_paired(fake_results()) is None and "Against SF+DMD" not in results_markdown(fake_results())
+
+
+def test_every_method_against_the_teacher_video_by_video():
+    results = fake_results()
+    results["methods"] = [_with_videos(_row("SF+DMD", "chunk-wise", 40.0), [30.0, 40.0, 50.0], [1.0], [1.0], [1.0])]
+    assert format_against_teacher(results) is None                 # no teacher scores: no table
+    results["teacher"] = {"eval": {"train_length": {
+        **{k: 50.0 for k in ("quality", "semantic", "temporal")}, "total": 42.0,
+        "per_video": {"total": [31.0, 42.0, 53.0], **{k: [50.0] * 3 for k in ("quality", "semantic", "temporal")}}}}}
+    rows = format_against_teacher(results).splitlines()
+    assert rows[0] == "| Method | Variant | Δ total | Δ quality | Δ semantic | Δ temporal |"
+    assert rows[2].startswith("| Teacher (many steps, guidance) | bidirectional | 42.0 ± 6.4 | 50.0 ± 0.0 |")
+    assert rows[3] == "| SF+DMD | chunk-wise | -2.0 ± 0.6 (3) | – | – | – |"
+    assert "## Against the teacher, video by video" in results_markdown(results)
 
 
 def test_markdown_notes_skips_and_links_the_plot():

@@ -9,6 +9,7 @@ complete (so a killed run picks up where it stopped, a half-trained stage from i
     OUT/teacher/                the bidirectional teacher, only if --teacher does not exist (`teacher-world`)
     OUT/ode-pairs/              teacher trajectories, only if --ode-pairs holds none
     OUT/<variant>/ode-init/     the ODE-regression init of the causal generator, per variant
+    OUT/teacher-eval.json       the teacher's scores at the training length, the reference of every method
     OUT/<variant>/<method>/     each method from its preset, then its scores (eval.json)
     OUT/checkpoints/<variant>/  the fp16 copies that are scored and kept: ode-init.safetensors, <method>.safetensors
                                 (--checkpoints puts them elsewhere, e.g. checkpoints/ablation in the repository)
@@ -361,7 +362,7 @@ def run_ablation(config: AblationConfig) -> dict:
 
     Returns:
         the results: {"command", "machine", "quick", "checkpoints" (the folder of the kept fp16 copies), "settings",
-        "stages": [training stage records in order], "methods": [one entry per method x variant: method, slug,
+        "teacher": {weights, eval (at the training length only)}, "stages": [training stage records in order], "methods": [one entry per method x variant: method, slug,
         variant, preset, init, weights (the trainer's export), checkpoint (its kept copy, the one scored), budget,
         init_budget, train, eval], "wall_s", "complete"}.
     """
@@ -383,6 +384,10 @@ def run_ablation(config: AblationConfig) -> dict:
 
     teacher, record = _teacher(config)
     results["stages"].append(record)
+    scores, reused = evaluate_cached(teacher, config.eval, out / "teacher-eval.json")
+    results["teacher"] = {"weights": teacher, "eval": {**scores, "reused": reused}}
+    log.info("teacher: %s, total %.1f at the training length", "scores reused" if reused else "scored",
+             scores["train_length"]["total"])
     inits: dict[str, dict] = {}                                 # variant -> the ODE init's stage record
     init_budgets: dict[str, dict] = {}
     if any(m.init == "ode-init" for m in methods):

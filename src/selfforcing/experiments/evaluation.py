@@ -186,7 +186,8 @@ def _long_videos(checkpoint: Path, train_frames: int, block: int, fps_measured: 
 
 
 def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
-    """Score an exported causal generator (see the module docstring).
+    """Score an exported causal generator (see the module docstring), or a bidirectional teacher at the training
+    length only (its "speed" is None and its "long" skipped, with the reason).
 
     Returns:
         {"train_length": {frames, num_videos, total, quality, semantic, temporal, per_video, dimensions, frechet,
@@ -218,6 +219,10 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
              "dimensions": mean["dimensions"], "frechet": _finite(report.frechet),
              "wall_s": time.perf_counter() - started}
 
+    if not model.get("causal", True):                     # the teacher: one clip at once, nothing to stream
+        reason = "a bidirectional model generates its whole clip at once: no streaming, no long videos"
+        return {"train_length": short, "speed": None, "long": {"num_videos": 0, "skipped": reason},
+                "wall_s": time.perf_counter() - started}
     short_prompt = heldout_prompts(1)[0][0]
     prompt = extend_prompt(short_prompt) if spec.prompt_extender == "world" else short_prompt
     speed = _stream_speed(checkpoint, prompt, spec.train_frames, settings, encoder)

@@ -12,6 +12,7 @@ The dict is what `ablation.run_ablation` writes to results.json; the functions r
                                                "per_video_drift"?: [[total per window] per video],
                                                "note"?}}}
     results["settings"]["drift_checkpoints"] = [1, 5, 10]   (multiples of the training length; 1: the first window)
+    results["teacher"]?: {"eval": {"train_length": {..., "per_video"}}}     (the reference row)
     results["command"], results["machine"], results["quick"]
 """
 
@@ -21,7 +22,7 @@ import logging
 import math
 from pathlib import Path
 
-__all__ = ["format_table", "format_budgets", "format_paired", "standard_error", "results_markdown", "drift_series",
+__all__ = ["format_table", "format_budgets", "format_paired", "format_against_teacher", "standard_error", "results_markdown", "drift_series",
            "plot_drift"]
 
 log = logging.getLogger(__name__)
@@ -141,13 +142,30 @@ def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
             cells.append((mine.get(f"{k}x"), theirs.get(f"{k}x")))
         if change:
             cells.append((_change(mine, checkpoints), _change(theirs, checkpoints)))
-        row = [m["method"], m["variant"]]
-        for a, b in cells:
-            mean, se, n = _paired(a, b)
-            row.append(MISSING if mean is None else
-                       f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" ({n})")
-        rows.append(row)
+        rows.append([m["method"], m["variant"], *(_signed_paired(a, b) for a, b in cells)])
     return _markdown(header, rows, "ll" + "r" * (len(header) - 2)) if rows else None
+
+
+def _signed_paired(a, b) -> str:
+    mean, se, n = _paired(a, b)
+    return MISSING if mean is None else f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" ({n})"
+
+
+def format_against_teacher(results: dict) -> str | None:
+    """The teacher's scores at the training length, then every method's minus the teacher's, video by video (the
+    same prompts and seeds). None without the teacher's per-video scores."""
+    teacher = (results.get("teacher") or {}).get("eval", {}).get("train_length")
+    if not teacher or "per_video" not in teacher:
+        return None
+    header = ["Method", "Variant"] + [f"Δ {k}" for k in SCORES]
+    rows = [["Teacher (many steps, guidance)", "bidirectional",
+             *(_with_error(teacher[k], teacher["per_video"][k]) for k in SCORES)]]
+    for m in results["methods"]:
+        mine = m["eval"]["train_length"].get("per_video")
+        if mine:
+            rows.append([m["method"], m["variant"], *(_signed_paired(mine.get(k), teacher["per_video"][k])
+                                                      for k in SCORES)])
+    return _markdown(header, rows, "ll" + "r" * len(SCORES))
 
 
 def format_budgets(results: dict) -> str:
@@ -220,6 +238,15 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
             "method's score minus SF+DMD's of the same variant, mean ± standard error over the (n) videos both "
             "scored. A difference within about two standard errors of zero is not one these videos can tell.", "",
             paired, "",
+        ]
+    teacher = format_against_teacher(results)
+    if teacher:
+        lines += [
+            "## Against the teacher, video by video", "",
+            "The teacher every method distils or starts from, sampled as it was trained to be (many steps with "
+            "guidance), on the same prompts and seeds at the training length: its scores (mean ± standard error; "
+            "the first row), then each method's minus the teacher's, mean ± standard error (n videos).", "",
+            teacher, "",
         ]
     lines += [
         "## Budgets", "",
