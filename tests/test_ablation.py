@@ -124,7 +124,8 @@ def test_cached_scores_follow_the_weights_contents_not_just_the_step(tmp_path, m
     from selfforcing.training.checkpoint import STEP_KEY
 
     calls = []
-    monkeypatch.setattr(evaluation, "evaluate_generator", lambda path, settings: calls.append(path) or {"n": len(calls)})
+    monkeypatch.setattr(evaluation, "evaluate_generator",
+                        lambda path, settings: calls.append(path) or {"n": len(calls)})
     weights, cache, settings = tmp_path / "g.safetensors", tmp_path / "eval.json", EvalSettings()
     save_file({"w": torch.zeros(2)}, str(weights), metadata={STEP_KEY: "7"})
     assert evaluation.evaluate_cached(weights, settings, cache) == ({"n": 1}, False)

@@ -98,15 +98,14 @@ def self_forcing_rollout(
                 t_next = torch.full((batch,), float(timesteps[i + 1]), device=noise.device)
                 x_t = flow.add_noise(x_0, fresh(x_0), t_next)
         outputs.append(x_0)
+        if start + size < num_frames:                           # the last chunk is no one's context: no refill
+            with torch.no_grad():                                                      # Algorithm 1, line 13
+                x_ctx = x_0.detach()
+                if context_noise > 0:
+                    x_ctx = flow.add_noise(x_ctx, fresh(x_ctx), torch.full((batch,), float(context_noise)))
+                t_ctx = torch.full((batch, size), float(context_noise), device=noise.device)
+                generator(x_ctx, t_ctx, context, kv_cache=kv_cache, cross_cache=cross_cache, start_frame=start)
         start += size
-        if start == num_frames:                                 # the last chunk is no one's context: no refill
-            break
-        with torch.no_grad():                                                          # Algorithm 1, line 13
-            x_ctx = x_0.detach()
-            if context_noise > 0:
-                x_ctx = flow.add_noise(x_ctx, fresh(x_ctx), torch.full((batch,), float(context_noise)))
-            t_ctx = torch.full((batch, size), float(context_noise), device=noise.device)
-            generator(x_ctx, t_ctx, context, kv_cache=kv_cache, cross_cache=cross_cache, start_frame=start - size)
     return RolloutOutput(
         video=torch.cat(outputs, dim=1),
         exit_step=exit_step,

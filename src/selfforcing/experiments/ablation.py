@@ -362,9 +362,10 @@ def run_ablation(config: AblationConfig) -> dict:
 
     Returns:
         the results: {"command", "machine", "quick", "checkpoints" (the folder of the kept fp16 copies), "settings",
-        "teacher": {weights, eval (at the training length only)}, "stages": [training stage records in order], "methods": [one entry per method x variant: method, slug,
-        variant, preset, init, weights (the trainer's export), checkpoint (its kept copy, the one scored), budget,
-        init_budget, train, eval], "wall_s", "complete"}.
+        "teacher": {weights, eval (at the training length only)}, "stages": [training stage records in order],
+        "methods": [one entry per method x variant: method, slug, variant, preset, init, weights (the trainer's
+        export), checkpoint (its kept copy, the one scored), budget, init_budget, train, eval], "wall_s",
+        "complete"}.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

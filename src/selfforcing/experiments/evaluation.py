@@ -144,9 +144,10 @@ def _stream_speed(checkpoint: Path, prompt: str, num_frames: int, settings: Eval
             first = first if first is not None else time.perf_counter() - start
             frames += chunk.frames.shape[1]
         runs.append((time.perf_counter() - start, first))
-    seconds, first = sorted(runs[1:])[len(runs[1:]) // 2]
+    timed = sorted(runs[1:])                                            # the warm-up run is left out
+    seconds, first = timed[len(timed) // 2]
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_chunk_s": first,
-            "runs": len(runs) - 1, "torch_threads": torch.get_num_threads(), "device": settings.device}
+            "runs": len(timed), "torch_threads": torch.get_num_threads(), "device": settings.device}
 
 
 def _long_videos(checkpoint: Path, train_frames: int, block: int, fps_measured: float, window: int,
@@ -197,8 +198,8 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
                   per_video_drift, skipped, ...},
          "wall_s"}.
         `per_video` holds each held-out video's headline scores, `per_video_at` each long video's total at the
-        drift checkpoints and `per_video_drift` its whole drift curve (total per window), in prompt order: every generator sees the same prompts and seeds, so two generators'
-        scores pair up video by video.
+        drift checkpoints and `per_video_drift` its whole drift curve (total per window), in prompt order: every
+        generator sees the same prompts and seeds, so two generators' scores pair up video by video.
     """
     checkpoint = Path(checkpoint)
     spec = read_pipeline_spec(checkpoint)

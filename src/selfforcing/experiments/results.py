@@ -22,8 +22,8 @@ import logging
 import math
 from pathlib import Path
 
-__all__ = ["format_table", "format_budgets", "format_paired", "format_against_teacher", "standard_error", "results_markdown", "drift_series",
-           "plot_drift"]
+__all__ = ["format_table", "format_budgets", "format_paired", "format_against_teacher", "standard_error",
+           "results_markdown", "drift_series", "plot_drift"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,15 @@ def standard_error(values) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def _plus_minus(mean, se, *, signed: bool = False) -> str:
+    """`mean ± se` (one decimal; the sign always shown when `signed`), the mean alone without an error."""
+    if mean is None or not math.isfinite(mean):
+        return MISSING
+    return (f"{mean:+.1f}" if signed else f"{mean:.1f}") + (f" ± {se:.1f}" if se is not None else "")
+
+
 def _with_error(mean, values) -> str:
-    se = standard_error(values) if values else None
-    return _score(mean) + (f" ± {se:.1f}" if se is not None and mean is not None else "")
+    return _plus_minus(mean, standard_error(values) if values else None)
 
 
 def _markdown(header: list[str], rows: list[list[str]], align: str) -> str:
@@ -80,11 +86,13 @@ def format_table(results: dict) -> str:
         short, long = m["eval"]["train_length"], m["eval"]["long"]
         at = long.get("at") or {}
         first, last = (at.get(f"{k}x") for k in (checkpoints[0], checkpoints[-1]))
-        drop = [last - first] if first is not None and last is not None else [None]
+        drop = last - first if first is not None and last is not None else None
+        per_video_drop = _change(long.get("per_video_at") or {}, checkpoints)
         rows.append([m["method"], m["variant"], _with_error(short["total"], short.get("per_video", {}).get("total")),
                      *(_score(short[k]) for k in SCORES[1:]),
                      *(_score(at.get(f"{k}x")) for k in checkpoints),
-                     *([_signed(drop[0], _change(long.get("per_video_at") or {}, checkpoints))] if change else []),
+                     *([_plus_minus(drop, standard_error(per_video_drop) if per_video_drop else None, signed=True)]
+                       if change else []),
                      _fps(m["eval"]["speed"]["fps"])])
     return _markdown(header, rows, "ll" + "r" * (len(header) - 2))
 
@@ -100,13 +108,6 @@ def _change(per_video_at: dict, checkpoints) -> list | None:
     if not first or not last:
         return None
     return [b - a if a is not None and b is not None else None for a, b in zip(first, last)]
-
-
-def _signed(mean, values) -> str:
-    if mean is None or not math.isfinite(mean):
-        return MISSING
-    se = standard_error(values) if values else None
-    return f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "")
 
 
 def _paired(a: list | None, b: list | None) -> tuple[float | None, float | None, int]:
@@ -148,7 +149,7 @@ def format_paired(results: dict, reference: str = "SF+DMD") -> str | None:
 
 def _signed_paired(a, b) -> str:
     mean, se, n = _paired(a, b)
-    return MISSING if mean is None else f"{mean:+.1f}" + (f" ± {se:.1f}" if se is not None else "") + f" ({n})"
+    return MISSING if mean is None else f"{_plus_minus(mean, se, signed=True)} ({n})"
 
 
 def format_against_teacher(results: dict) -> str | None:
