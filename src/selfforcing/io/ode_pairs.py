@@ -14,13 +14,13 @@ A set sampled by several processes is a folder of such folders, `part-RRR-of-WWW
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .checkpoints import atomic_write
 
 __all__ = ["ODEPairWriter", "ODEPairDataset"]
 
@@ -65,20 +65,14 @@ class ODEPairWriter:
             "timesteps": self._timesteps,
             "context_index": torch.tensor(self._prompt_rows[:n]),
         }
-        path = self.root / f"shard_{self._num_shards:05d}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
+        atomic_write(self.root / f"shard_{self._num_shards:05d}.safetensors", lambda tmp: save_file(tensors, tmp))
         self._num_shards += 1
         del self._states[:n], self._prompt_rows[:n]
         self._write_prompts()
 
     def _write_prompts(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps({"prompt": p}) + "\n" for p in self._prompts)
-        os.replace(tmp, self.root / "prompts.jsonl")
+        text = "".join(json.dumps({"prompt": p}) + "\n" for p in self._prompts)
+        atomic_write(self.root / "prompts.jsonl", lambda tmp: Path(tmp).write_text(text))
 
     def close(self) -> None:
         if self._states:
