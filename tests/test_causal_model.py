@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from selfforcing.models.kv_cache import CrossAttnCache, KVCache
-from selfforcing.nn.masks import block_causal_frame_mask, frame_blocks, teacher_forcing_frame_mask
+from selfforcing.nn.attention import attention
+from selfforcing.nn.masks import (BlockSparseMask, block_causal_frame_mask, block_spans, expand_to_tokens,
+                                  frame_blocks, teacher_forcing_frame_mask)
 
 H, W = 4, 6  # latent frame: 2 x 3 tokens with the (1, 2, 2) patch
 
@@ -138,6 +140,46 @@ def test_masks():
     assert not tf[:4, 4:].any()                      # clean never sees noisy
     assert tf[6, 0] and tf[6, 1] and not tf[6, 2]    # noisy block 1 sees clean block 0 only
     assert tf[6, 7] and not tf[6, 5]                 # and its own noisy block
+
+
+FRAME_MASKS = [
+    block_causal_frame_mask(7, 3),
+    block_causal_frame_mask(6, 1),
+    block_causal_frame_mask(7, 3, independent_first_frame=True),
+    block_causal_frame_mask(12, 3, local_attn_size=6, sink_size=3),          # sink + window: two key ranges
+    teacher_forcing_frame_mask(6, 2),                                        # noisy blocks: two key ranges
+    teacher_forcing_frame_mask(9, 3, local_attn_size=6, sink_size=3),
+]
+
+
+@pytest.mark.parametrize("frame_mask", FRAME_MASKS)
+def test_block_spans_cover_exactly_the_mask(frame_mask):
+    dense = expand_to_tokens(frame_mask, 3)
+    rebuilt = torch.zeros_like(dense)
+    spans = block_spans(frame_mask, 3)
+    for q0, q1, keys in spans:
+        for k0, k1 in keys:
+            rebuilt[q0:q1, k0:k1] = True
+    assert torch.equal(rebuilt, dense)
+    assert [q0 for q0, _, _ in spans] == [0, *[q1 for _, q1, _ in spans[:-1]]] and spans[-1][1] == dense.shape[0]
+
+
+@pytest.mark.parametrize("frame_mask", FRAME_MASKS)
+def test_span_attention_equals_the_masked_attention(frame_mask):
+    """Attention computed span by span is the masked attention, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    n = frame_mask.shape[0] * 3
+    q, k, v = (torch.randn(2, n, 2, 8, generator=g, requires_grad=True) for _ in range(3))
+    dense = expand_to_tokens(frame_mask, 3)
+    out = {}
+    for name, mask in (("dense", dense), ("spans", BlockSparseMask(dense, block_spans(frame_mask, 3)))):
+        y = attention(q, k, v, mask)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        out[name] = [y.detach(), *(t.grad.clone() for t in (q, k, v))]
+        for t in (q, k, v):
+            t.grad = None
+    for a, b in zip(out["dense"], out["spans"]):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_cache_errors(make_model):

@@ -6,6 +6,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import pytest
 
 from selfforcing import world
@@ -211,11 +212,12 @@ def test_cli_generates_the_heldout_set_from_a_checkpoint(tmp_path, capsys, monke
 
     def fake_load_pipeline(path, **_):
         """A 'generator' that renders the scene its (extended) prompt describes, three frames a chunk."""
-        def stream(prompt, *, num_frames, seeds):
-            video = world.render_tensor(world.scene_from_prompt(prompt, np.random.default_rng(seeds[0])), 0, num_frames)
-            given.append(prompt)
+        def stream(prompts, *, num_frames, seeds):
+            video = torch.stack([world.render_tensor(world.scene_from_prompt(p, np.random.default_rng(s)), 0,
+                                                     num_frames) for p, s in zip(prompts, seeds, strict=True)])
+            given.extend(prompts)
             for start in range(0, num_frames, 3):
-                yield SimpleNamespace(frames=video[None, start:start + 3])            # (1, T, 3, H, W)
+                yield SimpleNamespace(frames=video[:, start:start + 3])               # (B, T, 3, H, W)
 
         codec = SimpleNamespace(temporal_factor=1, num_pixel_frames=lambda n: n)
         return SimpleNamespace(codec=codec, stream=stream), loading.PipelineSpec(train_frames=FRAMES)
@@ -256,10 +258,10 @@ def test_cli_stills_from_a_folder_and_from_a_causal_checkpoint(tmp_path, capsys,
 
     def fake_load_pipeline(path, **_):
         """A causal 'generator' of 3-frame blocks that renders the scene its prompt describes."""
-        def stream(prompt, *, num_frames, seeds):
-            asked.append(num_frames)
-            video = world.render_tensor(world.scene_from_prompt(prompt, np.random.default_rng(seeds[0])), 0, num_frames)
-            yield SimpleNamespace(frames=video[None])
+        def stream(prompts, *, num_frames, seeds):
+            asked.extend([num_frames] * len(prompts))
+            yield SimpleNamespace(frames=torch.stack([world.render_tensor(
+                world.scene_from_prompt(p, np.random.default_rng(s)), 0, num_frames) for p, s in zip(prompts, seeds)]))
 
         config = SimpleNamespace(causal=True, independent_first_frame=False, num_frame_per_block=3)
         codec = SimpleNamespace(temporal_factor=1, num_pixel_frames=lambda n: n)

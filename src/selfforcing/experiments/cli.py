@@ -25,7 +25,8 @@ __all__ = ["add_parser", "run", "parse_steps", "command_line"]
 
 # Options recorded in the reproducing command line, in order (dest names; flags are --dest-with-dashes).
 _OPTIONS = ("out", "teacher", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
-            "long_prompts", "long_budget", "window", "reference", "seed", "device", "checkpoints", "docs", "quick")
+            "long_prompts", "long_budget", "window", "reference", "seed", "device", "batch_size", "checkpoints", "docs",
+            "quick")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="real videos for the Fréchet distance at the training length (0: skip; default: 64)")
     a.add_argument("--seed", type=int, default=None, help="generation seed of the first prompt (default: 0)")
     a.add_argument("--device", default=None, help="torch device of training and generation (default: cpu)")
+    a.add_argument("--batch-size", type=int, default=None,
+                   help="held-out prompts generated together when scoring (default: 8; the same videos up to "
+                        "rounding)")
     a.add_argument("--checkpoints", default=None, metavar="DIR",
                    help="where the scored fp16 copies of the generators go, as VARIANT/METHOD.safetensors "
                         "(default: OUT/checkpoints)")
@@ -131,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
     given = {
         "seed": args.seed, "device": args.device, "num_prompts": args.n, "long_factor": args.long_factor,
         "long_prompts": args.long_prompts, "long_budget_s": args.long_budget, "window": args.window,
-        "reference": args.reference,
+        "reference": args.reference, "batch_size": args.batch_size,
     }
     settings = dataclasses.replace(base.eval, **{k: v for k, v in given.items() if v is not None})
     changes = {"teacher": args.teacher, "ode_pairs": args.ode_pairs, "ode_pairs_n": args.ode_pairs_n,

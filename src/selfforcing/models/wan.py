@@ -31,7 +31,7 @@ from einops import rearrange
 
 from ..config import WanConfig
 from ..nn.attention import attention
-from ..nn.masks import block_causal_mask, teacher_forcing_mask
+from ..nn.masks import structured_mask
 from ..nn.rope import apply_rope, rope_angles
 from .kv_cache import CrossAttnCache, KVCache, KVContext
 
@@ -353,9 +353,9 @@ class WanDiT(nn.Module):
             tokens = torch.cat([self._patchify(clean_x), tokens], dim=1)    # (B, 2*F*N_f, D)
             e, e0 = torch.cat([ce, e], dim=1), torch.cat([ce0, e0], dim=1)  # (B, 2F, ...)
             positions = positions.repeat(2)                                 # same RoPE for both halves
-            mask = teacher_forcing_mask(cfg, num_frames, tokens_per_frame, x.device)
+            mask = structured_mask("tf", cfg, num_frames, tokens_per_frame, x.device)
         elif cfg.causal and kv_cache is None:
-            mask = block_causal_mask(cfg, num_frames, tokens_per_frame, x.device)
+            mask = structured_mask("causal", cfg, num_frames, tokens_per_frame, x.device)
 
         cos, sin = rope_angles(cfg.head_dim, positions, h, w)               # (N, d/2)
         if kv_cache is not None:
