@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from selfforcing.cli import build_parser, main
 from selfforcing.experiments import METHODS, VARIANTS, AblationConfig, quick_config, run_ablation
@@ -21,6 +22,7 @@ from selfforcing.experiments.evaluation import (EvalSettings, _long_videos, drif
                                                 rolling_cache)
 from selfforcing.experiments.results import (drift_series, format_against_teacher, format_budgets, format_paired,
                                              format_table, plot_drift, results_markdown, standard_error)
+from selfforcing.training.checkpoint import TRAIN_CONFIG_KEY
 from selfforcing.training.config import train_preset
 
 ROWS = {(m.name, v.name) for m in METHODS for v in VARIANTS}
@@ -115,6 +117,37 @@ def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path
     assert results["methods"][0]["checkpoint"] == str(kept) and exported_step(kept) == 4
     assert status["frame-wise/ode-init"] == ("skipped", 3)
     assert not any(m["eval"]["reused"] for m in results["methods"])       # new weights, new scores
+
+
+def test_given_ode_inits_are_reused_and_the_methods_start_from_them(quick, tmp_path):
+    """With --ode-inits the pairs and inits are not trained: the methods start from the given files."""
+    kept = quick / "run" / "checkpoints"
+    config = quick_config(str(tmp_path / "run"), teacher=str(quick / "run" / "teacher" / "model_ema.safetensors"),
+                          ode_inits=str(kept), methods=("sf-dmd",), variants=("chunk-wise",))
+    results = run_ablation(config)
+    stages = {s["stage"]: s for s in results["stages"]}
+    assert list(stages) == ["teacher", "chunk-wise/ode-init", "chunk-wise/sf-dmd"]       # no ODE pairs
+    init = stages["chunk-wise/ode-init"]
+    assert init["status"] == "reused" and init["weights"] == str(kept / "chunk-wise" / "ode-init.safetensors")
+    assert init["step"] == 3 and len(init["sha256"]) == 64
+    with safe_open(str(tmp_path / "run" / "chunk-wise" / "sf-dmd" / "generator_ema.safetensors"), "pt") as f:
+        stored = json.loads(f.metadata()[TRAIN_CONFIG_KEY])
+    assert stored["distill"]["generator_init"] == init["weights"]
+    assert results["methods"][0]["init_budget"]["algorithm"] == "ode-init"
+    assert not (tmp_path / "run" / "ode-pairs").exists()
+
+
+def test_ode_inits_default_to_the_committed_ones_with_the_committed_teacher_only(tmp_path):
+    from selfforcing.experiments.ablation import COMMITTED_ODE_INITS, COMMITTED_TEACHER
+
+    def config(*options):
+        return config_from_args(build_parser().parse_args(["experiment", "ablation", "-o", str(tmp_path), *options]))
+
+    assert (config().teacher, config().ode_inits) == (COMMITTED_TEACHER, COMMITTED_ODE_INITS)
+    assert config("--teacher", "t.safetensors").ode_inits is None             # another teacher: train its inits
+    assert config("--ode-inits", "none").ode_inits is None
+    assert config("--teacher", "t.safetensors", "--ode-inits", "mine").ode_inits == "mine"
+    assert "--ode-inits mine" in config("--ode-inits", "mine").command
 
 
 def test_cached_scores_follow_the_weights_contents_not_just_the_step(tmp_path, monkeypatch):

@@ -7,8 +7,9 @@ losses (DMD, SiD, GAN); this module reruns that table on the synthetic world. Th
 complete (so a killed run picks up where it stopped, a half-trained stage from its last checkpoint):
 
     OUT/teacher/                the bidirectional teacher, only if --teacher does not exist (`teacher-world`)
-    OUT/ode-pairs/              teacher trajectories, only if --ode-pairs holds none
-    OUT/<variant>/ode-init/     the ODE-regression init of the causal generator, per variant
+    OUT/ode-pairs/              teacher trajectories, only if the ODE inits are trained and --ode-pairs holds none
+    OUT/<variant>/ode-init/     the ODE-regression init of the causal generator, per variant, unless --ode-inits
+                                holds them (by default the committed run's, trained from the committed teacher)
     OUT/teacher-eval.json       the teacher's scores at the training length, the reference of every method
     OUT/<variant>/<method>/     each method from its preset, then its scores (eval.json)
     OUT/checkpoints/<variant>/  the fp16 copies that are scored and kept: ode-init.safetensors, <method>.safetensors
@@ -29,6 +30,7 @@ mean nothing (even real 16x16 renders score only ~65 of 100: the evaluator's tol
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -46,7 +48,7 @@ from ..config import get_preset
 from ..io.checkpoints import cast_checkpoint
 from ..training import checkpoint as ckpt
 from ..training import parallel
-from ..training.config import (WORLD_ODE_PAIRS, WORLD_TEACHER, TrainConfig, resolve_config, train_preset)
+from ..training.config import WORLD_ODE_PAIRS, TrainConfig, resolve_config, train_preset
 from ..training.overrides import config_diff
 from .evaluation import EvalSettings, drift_checkpoints, evaluate_cached, exported_step
 from .results import plot_drift, results_markdown
@@ -117,6 +119,9 @@ DEFAULT_STEPS = {"distill": 100, "causal-diffusion": 100}
 # The quick mode's world: teacher-tiny's network and data shapes on 6-frame clips (two chunk-wise blocks).
 QUICK_FRAMES = 6
 QUICK_STEPS = 3
+# The committed teacher and the ODE inits the committed run trained from it (paths from the repository root).
+COMMITTED_TEACHER = "checkpoints/world/teacher.safetensors"
+COMMITTED_ODE_INITS = "checkpoints/ablation"
 QUICK_PAIRS = 4
 QUICK_MODEL_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim", "text_len")
 QUICK_DATA_FIELDS = ("size", "text_encoder", "text_max_length", "length", "max_objects", "max_start_frame")
@@ -129,7 +134,10 @@ class AblationConfig:
     Attributes:
         out: the output folder.
         teacher: the bidirectional teacher to reuse; None or a missing file: `teacher-world` is trained into
-            OUT/teacher.
+            OUT/teacher. Default: the committed one.
+        ode_inits: a folder of ODE inits to reuse, `<variant>/ode-init.safetensors` (the layout of `checkpoints`);
+            None, or a variant's file missing: the inits are trained from the teacher through the ODE pairs.
+            Default: the committed run's, which were trained from the committed teacher: reuse them only with it.
         ode_pairs: stored teacher trajectories to reuse; None or an empty folder: `ode_pairs_n` trajectories are
             sampled into OUT/ode-pairs (resumable).
         ode_pairs_n, ode_pairs_steps: size of a sampled set, Euler steps per trajectory.
@@ -145,7 +153,8 @@ class AblationConfig:
     """
 
     out: str = "runs/ablation"
-    teacher: str | None = WORLD_TEACHER
+    teacher: str | None = COMMITTED_TEACHER
+    ode_inits: str | None = COMMITTED_ODE_INITS
     ode_pairs: str | None = WORLD_ODE_PAIRS
     ode_pairs_n: int = 256
     ode_pairs_steps: int = 16
@@ -177,7 +186,7 @@ class AblationConfig:
 def quick_config(out: str, **changes) -> AblationConfig:
     """The smoke test: every method and variant on tiny models, 3 steps a stage, 2 prompts, 4x long videos."""
     base = AblationConfig(
-        out=out, teacher=None, ode_pairs=None, ode_pairs_n=QUICK_PAIRS, ode_pairs_steps=4,
+        out=out, teacher=None, ode_inits=None, ode_pairs=None, ode_pairs_n=QUICK_PAIRS, ode_pairs_steps=4,
         steps={kind: QUICK_STEPS for kind in STAGE_KINDS}, quick=True,
         eval=EvalSettings(num_prompts=2, long_factor=4, long_prompts=1, reference=0),
     )
@@ -319,6 +328,24 @@ def _teacher(config: AblationConfig) -> tuple[str, dict]:
     return record["weights"], record
 
 
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _reused_inits(config: AblationConfig, variants: list[Variant]) -> dict[str, Path] | None:
+    """{variant: its ODE init} from `config.ode_inits`, or None when they are to be trained (not given, or one
+    is missing: the variants share the ODE pairs, so they are trained together)."""
+    if config.ode_inits is None:
+        return None
+    found = {v.name: Path(config.ode_inits) / v.name / "ode-init.safetensors" for v in variants}
+    missing = [str(p) for p in found.values() if not p.is_file()]
+    if missing:
+        log.warning("ODE init %s does not exist: training the ODE inits", ", ".join(missing))
+        return None
+    log.info("reusing the ODE inits in %s", config.ode_inits)
+    return found
+
+
 def _count_pairs(folder: Path) -> int:
     from ..io.ode_pairs import ODEPairDataset
 
@@ -391,7 +418,15 @@ def run_ablation(config: AblationConfig) -> dict:
              scores["train_length"]["total"])
     inits: dict[str, dict] = {}                                 # variant -> the ODE init's stage record
     init_budgets: dict[str, dict] = {}
-    if any(m.init == "ode-init" for m in methods):
+    reused = _reused_inits(config, variants) if any(m.init == "ode-init" for m in methods) else None
+    for variant, path in (reused or {}).items():
+        inits[variant] = {"stage": f"{variant}/ode-init", "status": "reused", "weights": str(path),
+                          "step": exported_step(path), "sha256": _sha256(path),
+                          "kept": str(keep_checkpoint(path, kept / variant / "ode-init.safetensors"))}
+        stored = _stored_config(path)
+        init_budgets[variant] = budget(stored) if stored is not None else None
+        results["stages"].append(inits[variant])
+    if any(m.init == "ode-init" for m in methods) and reused is None:
         init_preset = train_preset(variants[0].ode_init_preset)
         frames = QUICK_FRAMES if config.quick else init_preset.data.num_frames
         pairs, record = _ode_pairs(config, teacher, frames)

@@ -19,12 +19,13 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from .ablation import DEFAULT_STEPS, METHODS, STAGE_KINDS, VARIANTS, AblationConfig, quick_config, run_ablation
+from .ablation import (COMMITTED_ODE_INITS, COMMITTED_TEACHER, DEFAULT_STEPS, METHODS, STAGE_KINDS, VARIANTS,
+                       AblationConfig, quick_config, run_ablation)
 
 __all__ = ["add_parser", "run", "parse_steps", "command_line"]
 
 # Options recorded in the reproducing command line, in order (dest names; flags are --dest-with-dashes).
-_OPTIONS = ("out", "teacher", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
+_OPTIONS = ("out", "teacher", "ode_inits", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
             "long_prompts", "long_budget", "window", "reference", "seed", "device", "batch_size", "checkpoints", "docs",
             "quick")
 
@@ -37,10 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("-o", "--out", default="runs/ablation", help="output folder (default: runs/ablation)")
     a.add_argument("--teacher", default=None,
-                   help="bidirectional teacher to distil (default: runs/teacher-world/model_ema.safetensors; "
+                   help=f"bidirectional teacher to distil (default: the committed {COMMITTED_TEACHER}; "
                         "trained into OUT/teacher if missing)")
+    a.add_argument("--ode-inits", default=None, metavar="DIR",
+                   help="ODE inits to reuse, DIR/<variant>/ode-init.safetensors (default: the committed run's, "
+                        f"{COMMITTED_ODE_INITS}, unless --teacher is given); 'none': train them from the teacher")
     a.add_argument("--ode-pairs", default=None,
-                   help="ODE pairs to reuse (default: runs/ode-pairs-world; sampled into OUT/ode-pairs if empty)")
+                   help="ODE pairs to train the ODE inits on (default: runs/ode-pairs-world; sampled into "
+                        "OUT/ode-pairs if empty)")
     a.add_argument("--ode-pairs-n", type=int, default=None, help="trajectories to sample when needed (default: 256)")
     a.add_argument("--steps", nargs="+", default=[], metavar="KIND=N",
                    help=f"optimizer steps per stage kind ({', '.join(STAGE_KINDS)}); default: "
@@ -129,8 +134,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace) -> AblationConfig:
     """The ablation the options ask for: quick or full defaults, then what was given."""
-    if args.quick and (args.teacher or args.ode_pairs):
-        raise ValueError("--quick trains its own tiny teacher and ODE pairs: drop --teacher / --ode-pairs")
+    if args.quick and (args.teacher or args.ode_pairs or args.ode_inits):
+        raise ValueError("--quick trains its own tiny teacher, ODE pairs and inits: drop --teacher / --ode-pairs / "
+                         "--ode-inits")
     base = quick_config(args.out) if args.quick else AblationConfig(out=args.out)
     given = {
         "seed": args.seed, "device": args.device, "num_prompts": args.n, "long_factor": args.long_factor,
@@ -138,13 +144,17 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
         "reference": args.reference, "batch_size": args.batch_size,
     }
     settings = dataclasses.replace(base.eval, **{k: v for k, v in given.items() if v is not None})
+    if args.ode_inits is not None:                     # "none" trains them; the committed ones go with their teacher
+        changes_inits = {"ode_inits": None if args.ode_inits.lower() == "none" else args.ode_inits}
+    else:
+        changes_inits = {"ode_inits": None} if args.teacher else {}
     changes = {"teacher": args.teacher, "ode_pairs": args.ode_pairs, "ode_pairs_n": args.ode_pairs_n,
                "methods": tuple(args.methods) if args.methods else None,
                "variants": tuple(args.variants) if args.variants else None}
     return dataclasses.replace(
         base, eval=settings, steps={**base.steps, **parse_steps(args.steps)}, docs=args.docs,
         checkpoints=args.checkpoints,
-        command=command_line(args), **{k: v for k, v in changes.items() if v is not None},
+        command=command_line(args), **{k: v for k, v in changes.items() if v is not None}, **changes_inits,
     )
 
 
