@@ -85,7 +85,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
 
     Prompt i is sampled with seed `seed + i` whatever the batch size: batches of `batch_size` prompts give the same
     videos up to rounding, and on a CPU they generate faster than one at a time (2-core CPU, 8 prompts: 1.4x for a
-    4-step chunk-wise generator, 1.9x frame-wise; 4 prompts of a 50 x 2-step baseline: 1.25x / 1.7x).
+    4-step chunk-wise generator, 1.9x frame-wise; 4 prompts of a TF baseline, 20 guided steps a block: 1.25x / 1.7x).
 
     Args:
         stills: sample a single frame per prompt (a causal generator: its first block) instead of `frames`,

@@ -30,7 +30,6 @@ mean nothing (even real 16x16 renders score only ~65 of 100: the evaluator's tol
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -50,7 +49,7 @@ from ..training import checkpoint as ckpt
 from ..training import parallel
 from ..training.config import WORLD_ODE_PAIRS, TrainConfig, resolve_config, train_preset
 from ..training.overrides import config_diff
-from .evaluation import EvalSettings, drift_checkpoints, evaluate_cached, exported_step
+from .evaluation import EvalSettings, drift_checkpoints, evaluate_cached, exported_step, file_sha256
 from .results import plot_drift, results_markdown
 
 __all__ = ["Method", "Variant", "METHODS", "VARIANTS", "STAGE_KINDS", "AblationConfig", "quick_config",
@@ -328,10 +327,6 @@ def _teacher(config: AblationConfig) -> tuple[str, dict]:
     return record["weights"], record
 
 
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _reused_inits(config: AblationConfig, variants: list[Variant]) -> dict[str, Path] | None:
     """{variant: its ODE init} from `config.ode_inits`, or None when they are to be trained (not given, or one
     is missing: the variants share the ODE pairs, so they are trained together)."""
@@ -421,7 +416,7 @@ def run_ablation(config: AblationConfig) -> dict:
     reused = _reused_inits(config, variants) if any(m.init == "ode-init" for m in methods) else None
     for variant, path in (reused or {}).items():
         inits[variant] = {"stage": f"{variant}/ode-init", "status": "reused", "weights": str(path),
-                          "step": exported_step(path), "sha256": _sha256(path),
+                          "step": exported_step(path), "sha256": file_sha256(path),
                           "kept": str(keep_checkpoint(path, kept / variant / "ode-init.safetensors"))}
         stored = _stored_config(path)
         init_budgets[variant] = budget(stored) if stored is not None else None

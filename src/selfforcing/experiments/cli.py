@@ -25,9 +25,9 @@ from .ablation import (COMMITTED_ODE_INITS, COMMITTED_TEACHER, DEFAULT_STEPS, ME
 __all__ = ["add_parser", "run", "parse_steps", "command_line"]
 
 # Options recorded in the reproducing command line, in order (dest names; flags are --dest-with-dashes).
-_OPTIONS = ("out", "teacher", "ode_inits", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n", "long_factor",
-            "long_prompts", "long_budget", "window", "reference", "seed", "device", "batch_size", "checkpoints", "docs",
-            "quick")
+_OPTIONS = ("out", "teacher", "ode_inits", "ode_pairs", "ode_pairs_n", "steps", "methods", "variants", "n",
+            "long_factor", "long_prompts", "long_budget", "window", "reference", "seed", "device", "batch_size",
+            "checkpoints", "docs", "quick")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

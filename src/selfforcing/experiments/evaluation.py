@@ -38,7 +38,8 @@ from ..io.checkpoints import CONFIG_KEY
 from ..training.checkpoint import STEP_KEY
 from ..world import extend_prompt, heldout_prompts
 
-__all__ = ["EvalSettings", "evaluate_generator", "rolling_cache", "drift_checkpoints", "exported_step"]
+__all__ = ["EvalSettings", "evaluate_generator", "rolling_cache", "drift_checkpoints", "exported_step",
+           "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +236,17 @@ def evaluate_generator(checkpoint: str | Path, settings: EvalSettings) -> dict:
     return {"train_length": short, "speed": speed, "long": long, "wall_s": time.perf_counter() - started}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's contents (which weights were scored, or reused)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def evaluate_cached(checkpoint: str | Path, settings: EvalSettings, cache: str | Path) -> tuple[dict, bool]:
     """`evaluate_generator`, reusing `cache` (a JSON file) when it holds the scores of the same weights (same
     file contents) under the same settings. Returns (scores, whether they were reused)."""
     cache = Path(cache)
     key = {"settings": dataclasses.asdict(settings), "step": exported_step(checkpoint),
-           "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()}
+           "sha256": file_sha256(checkpoint)}
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if {k: stored.get(k) for k in key} == key:
