@@ -413,7 +413,8 @@ def run_ablation(config: AblationConfig) -> dict:
              scores["train_length"]["total"])
     inits: dict[str, dict] = {}                                 # variant -> the ODE init's stage record
     init_budgets: dict[str, dict] = {}
-    reused = _reused_inits(config, variants) if any(m.init == "ode-init" for m in methods) else None
+    needs_init = any(m.init == "ode-init" for m in methods)
+    reused = _reused_inits(config, variants) if needs_init else None
     for variant, path in (reused or {}).items():
         inits[variant] = {"stage": f"{variant}/ode-init", "status": "reused", "weights": str(path),
                           "step": exported_step(path), "sha256": file_sha256(path),
@@ -421,7 +422,7 @@ def run_ablation(config: AblationConfig) -> dict:
         stored = _stored_config(path)
         init_budgets[variant] = budget(stored) if stored is not None else None
         results["stages"].append(inits[variant])
-    if any(m.init == "ode-init" for m in methods) and reused is None:
+    if needs_init and reused is None:
         init_preset = train_preset(variants[0].ode_init_preset)
         frames = QUICK_FRAMES if config.quick else init_preset.data.num_frames
         pairs, record = _ode_pairs(config, teacher, frames)
