@@ -84,6 +84,71 @@ def test_timesteps_come_from_the_shifted_grid_and_noise_is_per_sample():
     assert torch.equal(rec2.calls[0][0][0], x_t[1]) and rec2.calls[0][1][0] == t[1]
 
 
+def test_frame_noise_gives_each_frame_its_own_level():
+    """frame_noise = 1: every frame of a sample is noised at its own grid level, x_t = (1 - σ_f) x_0 + σ_f ε,
+    and the velocity oracle still pays nothing; frame_noise = 0 is the one-level loss, draw for draw."""
+    n, frames = 64, 4
+    x_0 = _randn(n, frames, 3, 2, 2)
+    ctx = null = torch.zeros(n, L, D)
+    flow = FlowMatching(shift=5.0)
+    rec = Recorder()
+    teacher_loss(rec, x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=1.0)
+    x_t, t, _ = rec.calls[0]
+    assert t.shape == (n, frames) and bool(torch.isin(t, flow.timesteps).all())
+    assert (t.amax(1) > t.amin(1)).float().mean() > 0.9                   # levels differ within a sample
+    sigma = (t / 1000)[..., None, None, None]
+    eps = (x_t - (1 - sigma) * x_0) / sigma
+    rng = SampleRNG(range(n))
+    rng.randint(1000)
+    assert torch.allclose(eps, rng.randn(frames, 3, 2, 2), atol=1e-5)       # the same ε as without frame noise
+
+    class FrameOracle(Oracle):
+        def forward(self, x_t, t, context):
+            return (x_t - self.x_0) / (t / 1000)[..., None, None, None]
+
+    loss, _ = teacher_loss(FrameOracle(x_0), x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=1.0)
+    assert loss.item() < 1e-8
+    half = Recorder()
+    teacher_loss(half, x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=0.5)
+    mixed = (half.calls[0][1].amax(1) > half.calls[0][1].amin(1)).float().mean().item()
+    assert 0.25 < mixed < 0.75
+    plain, off = Recorder(), Recorder()
+    base, _ = teacher_loss(plain, x_0, ctx, null, SampleRNG(range(n)), flow)
+    zero, _ = teacher_loss(off, x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=0.0)
+    assert torch.equal(base, zero) and torch.equal(plain.calls[0][1], off.calls[0][1])
+    with pytest.raises(ValueError, match="frame_noise"):
+        TeacherConfig(frame_noise=1.5)
+
+
+def test_multiscale_loss_weighs_smooth_errors_up():
+    """A constant velocity error δ costs δ² at full resolution and k² δ² pooled by k, averaged over the terms;
+    the true velocity still costs nothing, and a white-noise error costs about the same at every scale."""
+    x_0 = _randn(B, F, C, H, W)
+    ctx = null = torch.zeros(B, L, D)
+    flow = FlowMatching(shift=5.0)
+
+    class Offset(Oracle):
+        def __init__(self, x_0, delta):
+            super().__init__(x_0)
+            self.delta = delta
+
+        def forward(self, x_t, t, context):
+            return super().forward(x_t, t, context) + self.delta
+
+    exact, _ = teacher_loss(Oracle(x_0), x_0, ctx, null, SampleRNG([1, 2, 3]), flow, multiscale=(2,))
+    assert exact.item() < 1e-8
+    smooth, _ = teacher_loss(Offset(x_0, 0.5), x_0, ctx, null, SampleRNG([1, 2, 3]), flow, multiscale=(2, 4))
+    assert torch.allclose(smooth, torch.tensor((1 + 4 + 16) * 0.25 / 3))
+    noise = _randn(B, F, C, 16, 16, seed=3)
+    x_big = _randn(B, F, C, 16, 16, seed=4)
+    white, _ = teacher_loss(Offset(x_big, noise), x_big, ctx, null, SampleRNG([1, 2, 3]), flow, multiscale=(2, 4))
+    assert abs(white.item() - noise.pow(2).mean().item()) < 0.05
+    plain, _ = teacher_loss(Offset(x_0, 0.5), x_0, ctx, null, SampleRNG([1, 2, 3]), flow)
+    assert torch.allclose(plain, torch.tensor(0.25))
+    with pytest.raises(ValueError, match="multiscale"):
+        TeacherConfig(multiscale=(1,))
+
+
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
 def test_prompt_dropout_rate(p):
     n = 2000

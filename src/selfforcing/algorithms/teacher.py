@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..diffusion.flow import FlowMatching
 from .base import Batch, Logs, SampleRNG, Update
@@ -40,6 +41,15 @@ class TeacherConfig:
         sample_shift, sample_steps, guidance, sampler: how previews are drawn and what the exported
             checkpoint records as its sampling recipe (spec §3: shift 8; §5: 50 steps).
         init_from: a checkpoint (any layout `load_transformer` reads) to start from instead of random weights.
+        frame_noise: probability that a sample's frames are noised at independent levels (each frame its own
+            draw from the training grid, as diffusion forcing does) instead of at one shared level. Frames
+            noised less than their neighbours make copying along the motion pay, which one shared level
+            rarely does; sampling still noises all frames alike. 0: one level per sample.
+        multiscale: pooling factors k of a multiscale loss (Hoogeboom et al. 2023): besides the plain squared
+            error, the error average-pooled over k x k latent positions, times k² (so an error of white noise
+            costs the same at every scale and a smooth, low-frequency one up to k² more), all terms averaged.
+            It puts more of the gradient on where objects are and what colour, less on the irreducible detail
+            of high noise levels. (): the plain loss.
     """
 
     shift: float = 5.0
@@ -50,6 +60,8 @@ class TeacherConfig:
     guidance: float = 3.0
     sampler: Literal["euler", "dpmpp-2m"] = "euler"
     init_from: str | None = None
+    frame_noise: float = 0.0
+    multiscale: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.shift <= 0 or self.sample_shift <= 0:
@@ -58,6 +70,10 @@ class TeacherConfig:
             raise ValueError(f"prompt_dropout must lie in [0, 1], got {self.prompt_dropout}")
         if self.sample_steps < 1:
             raise ValueError("sample_steps must be at least 1")
+        if not 0.0 <= self.frame_noise <= 1.0:
+            raise ValueError(f"frame_noise must lie in [0, 1], got {self.frame_noise}")
+        if any(k < 2 for k in self.multiscale):
+            raise ValueError(f"multiscale pooling factors must be at least 2, got {self.multiscale}")
 
 
 def teacher_loss(
@@ -70,6 +86,8 @@ def teacher_loss(
     *,
     prompt_dropout: float = 0.1,
     weighting: str = "uniform",
+    frame_noise: float = 0.0,
+    multiscale: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, Logs]:
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
@@ -81,21 +99,34 @@ def teacher_loss(
         flow: the schedule; its shift sets the training grid.
         prompt_dropout: probability of training a sample unconditionally.
         weighting: "uniform" or "wan" (× `flow.training_weight(t)`).
+        frame_noise: probability of independent per-frame noise levels for a sample (draws made after the
+            others, so 0 gives exactly the one-level loss).
+        multiscale: pooling factors of the multiscale loss (`TeacherConfig.multiscale`); () the plain MSE.
     Returns:
         loss (0-dim, mean over the batch) and detached logs.
     """
     index = rng.randint(flow.num_train_timesteps)                          # (B,)
-    t = flow.timesteps.to(x_0.device)[index]                               # (B,) on the shifted grid
     eps = rng.randn(*x_0.shape[1:])                                        # (B, F, C, H, W)
-    x_t = flow.add_noise(x_0, eps, t)                                      # x_t = (1 - σ) x_0 + σ ε
     drop = rng.rand() < prompt_dropout                                     # (B,)
+    if frame_noise > 0:
+        per_frame = rng.randint(flow.num_train_timesteps, x_0.shape[1])    # (B, F)
+        mixed = (rng.rand() < frame_noise)[:, None]                        # (B, 1)
+        index = torch.where(mixed, per_frame, index[:, None])              # (B, F)
+    t = flow.timesteps.to(x_0.device)[index]                               # (B,) or (B, F) on the shifted grid
+    x_t = flow.add_noise(x_0, eps, t)                                      # x_t = (1 - σ) x_0 + σ ε
     context = torch.where(drop[:, None, None], null_context, context)      # (B, L, D_text)
 
     v_pred = model(x_t, t, context)                                        # (B, F, C, H, W)
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
-    per_sample = (v_pred.float() - v.float()).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
+    error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
+    per_sample = error.pow(2).mean(dim=(1, 2, 3, 4))                       # (B,)
+    for k in multiscale:
+        pooled = F.avg_pool2d(error.flatten(0, 1), k, ceil_mode=True)        # (B*F, C, H/k, W/k)
+        per_sample = per_sample + k**2 * pooled.pow(2).unflatten(0, error.shape[:2]).mean(dim=(1, 2, 3, 4))
+    per_sample = per_sample / (1 + len(multiscale))
     if weighting == "wan":
-        per_sample = per_sample * flow.training_weight(t)
+        weight = flow.training_weight(t)
+        per_sample = per_sample * (weight.mean(dim=1) if weight.ndim == 2 else weight)
     elif weighting != "uniform":
         raise ValueError(f"unknown weighting {weighting!r}")
     loss = per_sample.mean()
@@ -125,4 +156,5 @@ class TeacherTraining:
         return teacher_loss(
             self.model, batch.x_0, batch.context, batch.null_context, rng, self.flow,
             prompt_dropout=self.config.prompt_dropout, weighting=self.config.weighting,
+            frame_noise=self.config.frame_noise, multiscale=self.config.multiscale,
         )
