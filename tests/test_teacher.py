@@ -108,6 +108,11 @@ def test_frame_noise_gives_each_frame_its_own_level():
 
     loss, _ = teacher_loss(FrameOracle(x_0), x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=1.0)
     assert loss.item() < 1e-8
+    # Wan's weighting weighs each frame by its own level's weight
+    weighted, _ = teacher_loss(Recorder(0.0), x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=1.0,
+                               weighting="wan")
+    per_frame = (eps - x_0).pow(2).mean(dim=(2, 3, 4))
+    assert torch.allclose(weighted, (per_frame * flow.training_weight(t)).mean(), rtol=1e-4)
     half = Recorder()
     teacher_loss(half, x_0, ctx, null, SampleRNG(range(n)), flow, frame_noise=0.5)
     mixed = (half.calls[0][1].amax(1) > half.calls[0][1].amin(1)).float().mean().item()

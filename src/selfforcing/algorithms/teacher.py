@@ -93,7 +93,7 @@ def teacher_loss(
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
     Args:
-        model: (x_t (B, F, C, H, W), t (B,), context (B, L, D_text)) -> v_pred (B, F, C, H, W).
+        model: (x_t (B, F, C, H, W), t (B,) or per frame (B, F), context (B, L, D_text)) -> v_pred (B, F, C, H, W).
         x_0: (B, F, C, H, W) clean (normalised) latents.
         context, null_context: (B, L, D_text) caption and empty-prompt embeddings.
         rng: per-sample random streams (draw order: timestep, noise, dropout).
@@ -120,17 +120,17 @@ def teacher_loss(
     v_pred = model(x_t, t, context)                                        # (B, F, C, H, W)
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
     error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
-    per_sample = error.pow(2).mean(dim=(1, 2, 3, 4))                       # (B,)
+    per_frame = error.pow(2).mean(dim=(2, 3, 4))                           # (B, F)
     for k in multiscale:
         pooled = F.avg_pool2d(error.flatten(0, 1), k, ceil_mode=True)        # (B*F, C, H/k, W/k)
-        per_sample = per_sample + k**2 * pooled.pow(2).unflatten(0, error.shape[:2]).mean(dim=(1, 2, 3, 4))
-    per_sample = per_sample / (1 + len(multiscale))
-    if weighting == "wan":
+        per_frame = per_frame + k**2 * pooled.pow(2).mean(dim=(1, 2, 3)).unflatten(0, error.shape[:2])
+    per_frame = per_frame / (1 + len(multiscale))
+    if weighting == "wan":                                                 # each frame by its own level's weight
         weight = flow.training_weight(t)
-        per_sample = per_sample * (weight.mean(dim=1) if weight.ndim == 2 else weight)
+        per_frame = per_frame * (weight if weight.ndim == 2 else weight[:, None])
     elif weighting != "uniform":
         raise ValueError(f"unknown weighting {weighting!r}")
-    loss = per_sample.mean()
+    loss = per_frame.mean()
 
     logs = {"loss": loss.detach(), "prompt_dropout": drop.float().mean()}
     return loss, logs
