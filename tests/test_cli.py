@@ -98,6 +98,47 @@ def test_generate_with_a_bidirectional_teacher(tmp_path):
     assert iio.imread(out).shape == (5, 64, 64, 3)
 
 
+def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(checkpoint, tmp_path, capsys):
+    """--sample-shift / --sample-steps / --guidance replace a multi-step model's stored recipe (and change its
+    samples: the same weights and seed give different videos at another shift); a few-step generator, trained
+    for its own step list, is refused with one line."""
+    from selfforcing.inference.loading import load_pipeline
+    from selfforcing.inference.pipeline import SamplingConfig
+
+    cfg = get_preset("world").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1)
+    model = WanDiT(cfg)
+    with torch.no_grad():
+        model.head.head.weight.normal_(0, 0.05)          # the head starts at zero: every video would be grey
+    spec = PipelineSpec(train_frames=4, sampling=SamplingConfig(num_inference_steps=4, guidance_scale=2.0, shift=8.0))
+    path = tmp_path / "teacher.safetensors"
+    save_transformer(model, path, extra_metadata={PIPELINE_METADATA_KEY: json.dumps(spec.to_dict())})
+
+    pipe, changed = load_pipeline(path, sampling={"shift": 3.0, "steps": 2})
+    assert (changed.sampling.shift, changed.sampling.num_inference_steps, changed.sampling.guidance_scale) == (3.0, 2, 2.0)
+    assert pipe.sampling == changed.sampling
+    videos = {}
+    for shift in ("8", "3"):
+        out = tmp_path / f"shift{shift}.mp4"
+        assert main(["generate", "a blue square", "-o", str(out), "--checkpoint", str(path), "--frames", "4",
+                     "--sample-shift", shift]) == 0
+        videos[shift] = iio.imread(out).astype(int)
+    stored = tmp_path / "stored.mp4"
+    assert main(["generate", "a blue square", "-o", str(stored), "--checkpoint", str(path), "--frames", "4"]) == 0
+    assert abs(iio.imread(stored).astype(int) - videos["8"]).max() <= 2       # 8 is the stored shift
+    assert abs(videos["3"] - videos["8"]).max() > 10
+
+    capsys.readouterr()
+    for argv in (["generate", "a red circle", "-o", str(tmp_path / "x.mp4"), "--checkpoint", str(checkpoint),
+                  "--sample-shift", "3"],
+                 ["eval", "--checkpoint", str(checkpoint), "--n", "1", "--guidance", "2"],
+                 ["generate", "a red circle", "-o", str(tmp_path / "y.mp4"), "--checkpoint", str(path),
+                  "--sample-steps", "0"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("few-step generator" in err[0] or "must be positive" in err[0])
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+
+
 def test_generate_past_the_training_length_rolls_the_cache(checkpoint, tmp_path, caplog):
     import logging
 

@@ -192,7 +192,8 @@ def test_cli_scores_a_folder_written_by_write_clips(tmp_path, capsys, scenes):
     args = parse("--videos", str(tmp_path), "--json", "--reference", "8")
     report = args.func(args)
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"num_videos", "weights", "mean", "drift", "frechet_distance", "reference", "videos"}
+    assert set(out) == {"num_videos", "weights", "mean", "standard_error", "drift", "frechet_distance", "reference",
+                        "videos"}
     assert out["num_videos"] == 3 and out["weights"] == TOTAL_WEIGHTS
     assert set(out["mean"]) == {"total", "semantic", "quality", "temporal", "dimensions"}
     assert set(out["mean"]["dimensions"]) == {d for dims in GROUPS.values() for d in dims}
@@ -203,8 +204,12 @@ def test_cli_scores_a_folder_written_by_write_clips(tmp_path, capsys, scenes):
     assert math.isfinite(out["frechet_distance"]) and out["reference"]["n"] == 8
     assert report.mean()["total"] == pytest.approx(out["mean"]["total"])
 
+    totals = [v["total"] for v in out["videos"]]                       # the spread of the mean over the videos
+    assert out["standard_error"]["total"] == pytest.approx(np.std(totals, ddof=1) / math.sqrt(3))
+
     table = format_table(evaluate_folder(tmp_path, reference=0))
-    assert "00002.mp4" in table and "mean" in table and "drift" in table
+    assert "00002.mp4" in table and "mean" in table and "drift" in table and "std. error" in table
+    assert evaluate_folder(tmp_path, limit=1, reference=0).standard_error() is None   # one video: no spread
 
 
 def test_cli_generates_the_heldout_set_from_a_checkpoint(tmp_path, capsys, monkeypatch):

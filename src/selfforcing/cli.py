@@ -47,7 +47,24 @@ def _add_generate(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="generator precision (default: as stored)")
     _add_speed_flags(p)
+    add_sampling_flags(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def add_sampling_flags(p) -> None:
+    """--sample-steps, --sample-shift, --guidance: a multi-step model's sampling recipe (default: as stored)."""
+    p.add_argument("--sample-steps", type=int, default=None, metavar="N",
+                   help="sampling steps of a multi-step model: a teacher, the TF / DF baselines (default: as stored)")
+    p.add_argument("--sample-shift", type=float, default=None, metavar="S",
+                   help="shift of a multi-step model's sampling grid (default: as stored)")
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="classifier-free guidance scale of a multi-step model (default: as stored)")
+
+
+def sampling_flags(args) -> dict:
+    """The `load_pipeline(sampling=...)` changes that `add_sampling_flags`' options ask for."""
+    return {k: v for k, v in (("shift", args.sample_shift), ("steps", args.sample_steps),
+                              ("guidance", args.guidance)) if v is not None}
 
 
 def _add_speed_flags(p) -> None:
@@ -134,6 +151,9 @@ def cmd_generate(args) -> None:
         raise UsageError("--taehv decodes Wan latents: use it with --model-dir")
     if args.taehv is not None and not Path(args.taehv).exists():
         raise UsageError(f"TAEHV weights {args.taehv!r} do not exist")
+    if args.model_dir is not None and sampling_flags(args):
+        raise UsageError("--sample-steps, --sample-shift and --guidance apply to this project's checkpoints, "
+                         "not to --model-dir")
     check_writable(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +170,7 @@ def cmd_generate(args) -> None:
         )
     else:
         pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
-                                   compile=args.compile, fp8=args.fp8)
+                                   compile=args.compile, fp8=args.fp8, sampling=sampling_flags(args))
     cfg = pipe.config
     num_pixel = args.frames if args.frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     try:
@@ -170,7 +190,7 @@ def cmd_generate(args) -> None:
             log.info("%d latent frames is past the training length %d: rolling cache of %d frames (%d sink)",
                      num_latent, spec.train_frames, window, overrides["sink_size"])
             pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides,
-                                       compile=args.compile, fp8=args.fp8)
+                                       compile=args.compile, fp8=args.fp8, sampling=sampling_flags(args))
             cfg = pipe.config
         else:
             log.warning("%d frames is past the training length %d with a global cache; "

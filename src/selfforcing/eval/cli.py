@@ -8,11 +8,12 @@ The main CLI hands its subparsers to `add_parser` and calls `run` with the parse
     selfforcing eval --calibrate [--n 32]              # real renders against corrupted copies
     selfforcing eval --denoising model.safetensors [--n 12]   # x0 error per noise level on unseen world clips
     selfforcing eval --checkpoint model.safetensors --stills   # one frame per prompt, scored as a picture
+    selfforcing eval --checkpoint teacher.safetensors --sample-shift 3   # a multi-step model, another recipe
 
 With --checkpoint the generator rolls out the first N held-out prompts (short captions, extended by the
 world's prompt extender when the checkpoint asks for it) and each video is scored against the prompt it
-was given.  --json prints `Report.to_dict()`: num_videos, weights, mean, drift, frechet_distance,
-reference, videos.
+was given.  --json prints `Report.to_dict()`: num_videos, weights, mean, standard_error, drift,
+frechet_distance, reference, videos.
 
 --stills scores one frame per video as a still picture (colour, shape, size, count, palette, sharpness):
 the first frame of each video with --videos; with --checkpoint the model samples a single frame per prompt
@@ -25,6 +26,7 @@ import json
 import logging
 from pathlib import Path
 
+from selfforcing.cli import add_sampling_flags, sampling_flags
 from selfforcing.eval.report import (
     Report, evaluate_folder, evaluate_stills, evaluate_videos, format_stills, format_table, read_video_folder,
     still_scores,
@@ -70,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "its quality cost on CPUs without fast low-precision matmuls")
     p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the blocks (--checkpoint): its quality cost")
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks (--checkpoint)")
+    add_sampling_flags(p)
     p.add_argument("--stills", action="store_true",
                    help="score one frame per video as a still picture (--videos: the first frame; --checkpoint: "
                         "a single sampled frame): colour, shape, size, count, palette, sharpness")
@@ -80,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, device: str = "cpu", *,
                      overrides: dict | None = None, text_encoder=None, dtype=None, fp8: bool = False,
                      compile: bool = False, emulate_dtype: str | None = None,
-                     stills: bool = False, batch_size: int = 1) -> tuple[list, int]:
+                     stills: bool = False, batch_size: int = 1, sampling: dict | None = None) -> tuple[list, int]:
     """Roll the generator out on the first `n` held-out prompts.
 
     Prompt i is sampled with seed `seed + i` whatever the batch size: batches of `batch_size` prompts give the same
@@ -94,6 +97,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
             their quality cost).
         overrides: WanConfig fields for `load_pipeline`, e.g. a rolling cache for videos past the training length.
         batch_size: prompts generated together.
+        sampling: a multi-step model's sampling changes (`load_pipeline(sampling=...)`: shift, steps, guidance).
         text_encoder: an already built text encoder to reuse (None: the one the checkpoint's spec names).
     Returns:
         [(name, uint8 video (F, H, W, 3), prompt given to the generator)], and the frame rate.
@@ -104,7 +108,7 @@ def generate_heldout(checkpoint: str, n: int, frames: int | None, seed: int, dev
     from selfforcing.world import extend_prompt, heldout_prompts, to_uint8
 
     pipe, spec = load_pipeline(checkpoint, device=device, overrides=overrides, text_encoder=text_encoder, dtype=dtype,
-                               fp8=fp8, compile=compile, emulate_dtype=emulate_dtype)
+                               fp8=fp8, compile=compile, emulate_dtype=emulate_dtype, sampling=sampling)
     factor = pipe.codec.temporal_factor
     frames = frames if frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     if stills:                                           # its first block; `evaluate_stills` keeps its first frame
@@ -178,7 +182,8 @@ def run(args: argparse.Namespace) -> Report:
                                       getattr(args, "device", "cpu"), dtype=dtype, fp8=getattr(args, "fp8", False),
                                       compile=getattr(args, "compile", False),
                                       emulate_dtype=getattr(args, "emulate_dtype", None), stills=stills,
-                                      batch_size=getattr(args, "batch_size", 1))
+                                      batch_size=getattr(args, "batch_size", 1),
+                                      sampling=sampling_flags(args) if hasattr(args, "sample_shift") else None)
         report = evaluate_stills(items, fps=fps) if stills else \
             evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
     if stills:

@@ -22,6 +22,8 @@ import logging
 import math
 from pathlib import Path
 
+from ..eval.report import standard_error
+
 __all__ = ["format_table", "format_budgets", "format_paired", "format_against_teacher", "standard_error",
            "results_markdown", "drift_series", "plot_drift"]
 
@@ -45,15 +47,6 @@ def _seconds(value) -> str:
     if value >= 60:
         return f"{value / 60:.1f} min"
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
-
-
-def standard_error(values) -> float | None:
-    """Standard error of the mean (sample standard deviation / sqrt n); None under two values."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
 def _plus_minus(mean, se, *, signed: bool = False) -> str:

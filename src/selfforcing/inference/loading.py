@@ -26,6 +26,7 @@ from .speed import SpeedOptions
 __all__ = [
     "PipelineSpec",
     "load_pipeline",
+    "with_sampling",
     "default_checkpoint",
     "make_codec",
     "make_text_encoder",
@@ -116,6 +117,34 @@ def read_pipeline_spec(path: str | Path) -> PipelineSpec | None:
     return PipelineSpec.from_dict(json.loads(meta[PIPELINE_METADATA_KEY])) if PIPELINE_METADATA_KEY in meta else None
 
 
+def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int | None = None,
+                  guidance: float | None = None) -> PipelineSpec:
+    """`spec` with its multi-step sampling recipe changed: the shift of the sampling grid, the number of steps,
+    the guidance scale (None: as stored).
+
+    Only for models sampled with many steps (a teacher, the TF / DF baselines: `num_inference_steps` set): a
+    few-step generator was trained for its own step list and shift, and is refused.
+
+    Raises:
+        ValueError: a few-step generator, or a value out of range.
+    """
+    if shift is None and steps is None and guidance is None:
+        return spec
+    if spec.sampling.num_inference_steps is None:
+        steps_list = ", ".join(f"{t:g}" for t in spec.sampling.denoising_steps)
+        raise ValueError(f"this checkpoint is a few-step generator (denoising steps {steps_list}, shift "
+                         f"{spec.sampling.shift:g}): the sampling shift, steps and guidance apply to multi-step models")
+    if shift is not None and not shift > 0:
+        raise ValueError(f"the sampling shift must be positive, got {shift}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"the number of sampling steps must be positive, got {steps}")
+    if guidance is not None and not guidance > 0:
+        raise ValueError(f"the guidance scale must be positive, got {guidance}")
+    changes = {k: v for k, v in (("shift", shift), ("num_inference_steps", steps), ("guidance_scale", guidance))
+               if v is not None}
+    return dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, **changes))
+
+
 def load_pipeline(
     checkpoint: str | Path | None = None,
     *,
@@ -127,6 +156,7 @@ def load_pipeline(
     compile: bool = False,
     fp8: bool = False,
     emulate_dtype: str | None = None,
+    sampling: dict | None = None,
 ) -> tuple:
     """Load a streaming pipeline and its spec.
 
@@ -147,6 +177,8 @@ def load_pipeline(
         emulate_dtype: "bfloat16" or "float16": the generator runs in float32 but rounds like that precision
             (`speed.emulate_precision`), to measure its quality cost on a CPU without fast bf16 / fp16
             matmuls; dtype must then be None or float32.
+        sampling: fields of the stored `SamplingConfig` to replace (`with_sampling`), e.g. {"shift": 3.0} for a
+            multi-step model; the returned spec carries them.
     """
     from ..io.checkpoints import load_transformer
 
@@ -167,6 +199,8 @@ def load_pipeline(
             dtype = torch.float32
         generator = load_transformer(checkpoint, overrides=overrides, device=device, dtype=dtype)
         spec = spec or read_pipeline_spec(checkpoint) or PipelineSpec()
+    if sampling:
+        spec = with_sampling(spec, **sampling)
     generator = generator.to(device=device, dtype=dtype or generator.dtype)
     codec = make_codec(spec)
     if codec.latent_channels != generator.config.in_dim:
