@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> Report:
         raise ValueError(f"--seed must be non-negative, got {args.seed}")
     if getattr(args, "batch_size", 1) < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if hasattr(args, "sample_shift") and sampling_flags(args) and not args.checkpoint:
+        raise ValueError("--sample-steps, --sample-shift and --guidance change how --checkpoint samples: "
+                         "use them with it")
     if args.calibrate:
         from selfforcing.eval.calibration import calibration_table, format_calibration
 
