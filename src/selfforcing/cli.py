@@ -62,9 +62,10 @@ def add_sampling_flags(p) -> None:
 
 
 def sampling_flags(args) -> dict:
-    """The `load_pipeline(sampling=...)` changes that `add_sampling_flags`' options ask for."""
-    return {k: v for k, v in (("shift", args.sample_shift), ("steps", args.sample_steps),
-                              ("guidance", args.guidance)) if v is not None}
+    """The `load_pipeline(sampling=...)` changes that `add_sampling_flags`' options ask for ({} when `args` has
+    none of them)."""
+    given = (("shift", "sample_shift"), ("steps", "sample_steps"), ("guidance", "guidance"))
+    return {key: getattr(args, name) for key, name in given if getattr(args, name, None) is not None}
 
 
 def _add_speed_flags(p) -> None:
@@ -151,7 +152,8 @@ def cmd_generate(args) -> None:
         raise UsageError("--taehv decodes Wan latents: use it with --model-dir")
     if args.taehv is not None and not Path(args.taehv).exists():
         raise UsageError(f"TAEHV weights {args.taehv!r} do not exist")
-    if args.model_dir is not None and sampling_flags(args):
+    sampling = sampling_flags(args)
+    if args.model_dir is not None and sampling:
         raise UsageError("--sample-steps, --sample-shift and --guidance apply to this project's checkpoints, "
                          "not to --model-dir")
     check_writable(args.output)
@@ -170,7 +172,7 @@ def cmd_generate(args) -> None:
         )
     else:
         pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides or None,
-                                   compile=args.compile, fp8=args.fp8, sampling=sampling_flags(args))
+                                   compile=args.compile, fp8=args.fp8, sampling=sampling)
     cfg = pipe.config
     num_pixel = args.frames if args.frames is not None else pipe.codec.num_pixel_frames(spec.train_frames)
     try:
@@ -190,7 +192,7 @@ def cmd_generate(args) -> None:
             log.info("%d latent frames is past the training length %d: rolling cache of %d frames (%d sink)",
                      num_latent, spec.train_frames, window, overrides["sink_size"])
             pipe, spec = load_pipeline(args.checkpoint, device=args.device, dtype=dtype, overrides=overrides,
-                                       compile=args.compile, fp8=args.fp8, sampling=sampling_flags(args))
+                                       compile=args.compile, fp8=args.fp8, sampling=sampling)
             cfg = pipe.config
         else:
             log.warning("%d frames is past the training length %d with a global cache; "

@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> Report:
         raise ValueError(f"--seed must be non-negative, got {args.seed}")
     if getattr(args, "batch_size", 1) < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    if hasattr(args, "sample_shift") and sampling_flags(args) and not args.checkpoint:
+    sampling = sampling_flags(args)
+    if sampling and not args.checkpoint:
         raise ValueError("--sample-steps, --sample-shift and --guidance change how --checkpoint samples: "
                          "use them with it")
     if args.calibrate:
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> Report:
                                       compile=getattr(args, "compile", False),
                                       emulate_dtype=getattr(args, "emulate_dtype", None), stills=stills,
                                       batch_size=getattr(args, "batch_size", 1),
-                                      sampling=sampling_flags(args) if hasattr(args, "sample_shift") else None)
+                                      sampling=sampling)
         report = evaluate_stills(items, fps=fps) if stills else \
             evaluate_videos(items, fps=fps, window=args.window, reference=args.reference)
     if stills:
