@@ -51,7 +51,7 @@ def test_the_prompt_decides_the_colour(pipe):
 def test_free_wording_outside_the_caption_grammar(pipe):
     """Words the world's captions never use still steer the colour, through the text encoder's embeddings: summed
     over 4 seeds, "crimson" gives more red pixels than "azure", and "azure" more blue. (Weakly: about 1/30 of the
-    shares "red" and "blue" give; one seed alone decides nothing, README "The shipped default".)"""
+    shares "red" and "blue" give; one seed alone decides nothing, docs/distillation.md.)"""
     shares = {"crimson": [0.0, 0.0], "azure": [0.0, 0.0]}
     for word, article in (("crimson", "a"), ("azure", "an")):
         for seed in range(1, 5):

@@ -227,8 +227,8 @@ def world() -> WanConfig:
     and 256 channels, a velocity head learns far more slowly and leaves per-token noise in the samples. The x0
     head is worse than the noisy input itself below σ ≈ 0.09; the preconditioned "edm" head fixes that (x0
     error at σ = 0.1 of 0.010 against 0.018), but a teacher trained with it (skip scale 0.2, 3000 steps)
-    sampled worse (evaluator total 20.6 against 34.3 for the x0 head at 4000 steps: README, "The world's
-    latent space"), so the x0 head stays."""
+    sampled worse (evaluator total 20.6 against 34.3 for the x0 head at 4000 steps: docs/world-teacher.md,
+    "Heads, depth, positions and token size"), so the x0 head stays."""
     return WanConfig(
         dim=256, ffn_dim=1024, num_heads=4, num_layers=4, in_dim=48, out_dim=48,
         freq_dim=256, text_dim=384, text_len=64, prediction="x0",

@@ -45,7 +45,7 @@ class TeacherConfig:
             draw from the training grid, as diffusion forcing does) instead of at one shared level. Frames
             noised less than their neighbours make copying along the motion pay, which one shared level
             rarely does; sampling still noises all frames alike. 0: one level per sample. Tried at 0.5 for 500
-            steps on the committed teacher: its frames agreed less, not more (README, "The trained world models").
+            steps on the committed teacher: its frames agreed less, not more (docs/world-teacher.md).
         multiscale: pooling factors k of a multiscale loss (Hoogeboom et al. 2023): besides the plain squared
             error, the error average-pooled over k x k latent positions, times k² (so an error of white noise
             costs the same at every scale and a smooth, low-frequency one up to k² more), all terms averaged.
