@@ -42,6 +42,8 @@ def cached_forward(model, x, t, ctx, sizes, rerun=True):
         (dict(num_frame_per_block=3, independent_first_frame=True), 10),
         (dict(num_frame_per_block=3, refine=8), 9),                        # with the per-frame refiner
         (dict(num_frame_per_block=3, pos_embed=8), 9),                     # with absolute grid positions
+        (dict(num_frame_per_block=3, rope_mixed=True), 9),                 # mixed RoPE (random frequencies)
+        (dict(num_frame_per_block=2, rope_mixed=True, local_attn_size=4, sink_size=2), 16),   # ... rolling
     ],
 )
 def test_cache_equals_parallel_block_causal(make_model, overrides, frames):
@@ -82,7 +84,8 @@ def test_windowed_mask_differs_from_global(make_model):
 @pytest.mark.parametrize("overrides", [dict(num_frame_per_block=3), dict(num_frame_per_block=1),
                                        dict(num_frame_per_block=2, local_attn_size=4, sink_size=1),
                                        dict(num_frame_per_block=1, refine=8),
-                                       dict(num_frame_per_block=1, pos_embed=8)])
+                                       dict(num_frame_per_block=1, pos_embed=8),
+                                       dict(num_frame_per_block=1, rope_mixed=True)])
 def test_future_never_changes_past(make_model, overrides):
     model = make_model(**overrides)
     cfg = model.config

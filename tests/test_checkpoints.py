@@ -202,6 +202,30 @@ def test_an_optional_part_round_trips_and_can_be_added_to_a_model_without_one(tm
         load_transformer(tmp_path / "plain.safetensors", config=plain.config.replace(**{field: 4}))
 
 
+def test_mixed_rope_grows_onto_a_checkpoint_with_its_function_unchanged(tmp_path):
+    """Mixed RoPE frequencies start at the axial ones (same function), train away from them, and survive our and
+    Wan's layouts; loading a checkpoint without them into a mixed-RoPE config is refused, naming them."""
+    from selfforcing.training.trainer import _load_or_new
+
+    plain = _random_model()
+    save_transformer(plain, tmp_path / "plain.safetensors")
+    grown = _load_or_new(str(tmp_path / "plain.safetensors"), plain.config.replace(rope_mixed=True)).eval()
+    x, t, ctx = _inputs(plain)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, ctx), plain(x, t, ctx))
+        for block in grown.blocks:
+            block.self_attn.rope_freqs[..., 0] += 0.3           # couple time with space
+        changed = grown(x, t, ctx)
+    assert not torch.allclose(changed, plain(x, t, ctx))
+    for save, path in ((save_transformer, tmp_path / "grown.safetensors"), (save_wan, tmp_path / "grown-wan")):
+        loaded = load_transformer(save(grown, path))
+        assert loaded.config.rope_mixed is True
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, ctx), changed)
+    with pytest.raises(CheckpointError, match="rope_freqs"):
+        load_transformer(tmp_path / "plain.safetensors", config=plain.config.replace(rope_mixed=True))
+
+
 def test_absolute_positions_refuse_a_grid_larger_than_their_tables():
     model = WanDiT(get_preset("tiny").replace(pos_embed=2))
     x, t, ctx = _inputs(model)                                  # a 4x4-latent frame: a 2x2 token grid fits

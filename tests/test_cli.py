@@ -1,6 +1,7 @@
 """The command line: a real generate run, and one clear line plus exit 2 for every kind of bad input."""
 
 import json
+import math
 
 import imageio.v3 as iio
 import pytest
@@ -58,6 +59,7 @@ def test_info(checkpoint, capsys):
         (["ode-pairs", "{ckpt}", "-o", "{tmp}/pairs", "--device", "cuda:99"], "CUDA device"),
         (["train", "teacher-tiny", "--out", "{tmp}/run", "--set", "device=cuda:99"], "device=cuda:99"),
         (["eval", "--denoising", "{tmp}/nope.safetensors"], "does not exist"),
+        (["eval", "--tracking", "{tmp}/nope.safetensors"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path, checkpoint, capsys):
@@ -173,6 +175,15 @@ def test_eval_denoising_measures_the_x0_error_per_noise_level(checkpoint, tmp_pa
     assert main(["eval", "--denoising", str(path), "--n", "2", "--json"]) == 0
     for r in json.loads(capsys.readouterr().out):
         assert r["x0_mse"] == pytest.approx(r["input_mse"], rel=1e-5)
+
+
+def test_eval_tracking_reports_one_ratio_per_clip(checkpoint, capsys):
+    assert main(["eval", "--tracking", str(checkpoint), "--n", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sigma"] == 0.9 and math.isfinite(result["tracking"])
+    assert [r["motion"] for r in result["per_clip"]] == ["right", "left", "down", "up"]
+    assert main(["eval", "--tracking", str(checkpoint), "--n", "1"]) == 0
+    assert "tracking" in capsys.readouterr().out
 
 
 def test_heldout_videos_do_not_depend_on_the_batch_size(tmp_path):

@@ -341,3 +341,34 @@ def test_speed_options_reach_the_generator(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="stop here"):
         eval_cli.run(parse("--checkpoint", str(checkpoint), "--dtype", "float16", "--fp8"))
     assert seen["dtype"] == torch.float16 and seen["fp8"] and not seen["compile"]
+
+
+class _Reader(torch.nn.Module):
+    """A velocity model whose x0 estimate of frame c is the mean over frames f of the noisy input, each shifted
+    back by `follow` times a rightward motion of `speed` latent cells a frame: follow = 1 reads every frame where
+    the object is, follow = 0 at frame c's place."""
+
+    def __init__(self, speed: float, follow: float):
+        super().__init__()
+        self.speed, self.follow = speed, follow
+
+    def forward(self, x, t, context):
+        frames = x.shape[1]
+        x0 = torch.stack([sum(torch.roll(x[:, f], -round(self.follow * (f - c) * self.speed), dims=-1)
+                              for f in range(frames)) / frames for c in range(frames)], 1)
+        return (x - x0) / (t / 1000)[:, :, None, None, None]
+
+
+@pytest.mark.parametrize("follow, low, high", [(1.0, 0.9, 1.1), (0.0, -0.1, 0.1)])
+def test_motion_tracking_tells_a_model_that_follows_the_object_from_one_that_reads_in_place(follow, low, high):
+    from selfforcing.eval.denoising import motion_tracking, tracking_scenes
+    from selfforcing.models.codec import SpaceToDepthCodec
+
+    scenes = tracking_scenes(2, motions=("right",))
+    from selfforcing.world.vocab import FPS, LINEAR_SPEED, SPEED_FACTOR
+
+    speed = LINEAR_SPEED * SPEED_FACTOR["fast"] / FPS * 16      # latent cells a frame (16 cells across)
+    result = motion_tracking(_Reader(speed, follow), SpaceToDepthCodec(4), lambda caps: torch.zeros(len(caps), 1, 1),
+                             scenes, frames=21)
+    assert low < result["tracking"] < high
+    assert all(low < r["tracking"] < high and r["motion"] == "right" for r in result["per_clip"])

@@ -338,3 +338,26 @@ def test_activation_checkpointing_gives_the_same_weights(tmp_path):
     recomputed.fit()
     for name, a in params(plain.networks["model"]).items():
         torch.testing.assert_close(a, params(recomputed.networks["model"])[name], rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_rope_frequencies_train_at_their_own_learning_rate(tmp_path):
+    """`optim.rope_lr_scale` scales the step of the mixed RoPE frequencies alone (no weight decay on them): AdamW's
+    first step on a parameter moves it by about the learning rate, the frequencies by that times the scale.
+    (Step 1 trains the zero-initialised head only; the frequencies take their first step at step 2, from the same
+    state in both runs.)"""
+    moved = {}
+    for scale in (1.0, 10.0):
+        trainer = Trainer(tiny(tmp_path / str(scale), "model.rope_mixed=true", f"optim.rope_lr_scale={scale}",
+                               "optim.warmup_steps=0", "schedule.steps=2", "checkpoint.every=0"))
+        before = params(trainer.networks["model"])
+        trainer.fit()
+        moved[scale] = {k: (v - before[k]).abs().max() for k, v in params(trainer.networks["model"]).items()}
+    freqs = [k for k in moved[1.0] if k.endswith("self_attn.rope_freqs")]
+    assert freqs and len(freqs) == trainer.config.model.num_layers
+    for k in moved[1.0]:
+        if k in freqs:
+            assert 9.0 < moved[10.0][k] / moved[1.0][k] < 11.0, k
+        else:
+            assert torch.equal(moved[10.0][k], moved[1.0][k]), k
+    groups = trainer.optimizers["model"].param_groups
+    assert [g["weight_decay"] for g in groups] == [trainer.config.optim.weight_decay, 0.0]

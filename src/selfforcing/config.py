@@ -73,6 +73,12 @@ class WanConfig:
             stripes of fixed phase, walls that objects bounce off) is hard to draw. Both tables start at zero,
             so a model gains them without changing its function; per frame, so causality and the KV cache are
             untouched. Extra weights named `pos_embedding.*`: a model with them is not Wan-layout.
+        rope_mixed: learned mixed RoPE frequencies instead of Wan's axial ones (`nn/rope.py`): every pair of
+            every head rotates by ω_t f + ω_h i + ω_w j with its own learned (ω_t, ω_h, ω_w), so attention can
+            follow a line through space-time (a moving object) instead of a fixed spatial offset in every
+            frame. They start at the axial frequencies, so a model gains them without changing its function;
+            keys are rotated before they are cached, so the KV cache is untouched. Extra weights named
+            `blocks.*.self_attn.rope_freqs`: a model with them is not Wan-layout.
     """
 
     dim: int = 1536
@@ -99,6 +105,7 @@ class WanConfig:
     skip_scale: float | None = None
     refine: int = 0
     pos_embed: int = 0
+    rope_mixed: bool = False
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:

@@ -7,6 +7,7 @@ The main CLI hands its subparsers to `add_parser` and calls `run` with the parse
     selfforcing eval --checkpoint gen.safetensors --frames 240 --window 16    # a long-rollout drift curve
     selfforcing eval --calibrate [--n 32]              # real renders against corrupted copies
     selfforcing eval --denoising model.safetensors [--n 12]   # x0 error per noise level on unseen world clips
+    selfforcing eval --tracking model.safetensors [--n 8]     # does its x0 estimate follow a moving object?
     selfforcing eval --checkpoint model.safetensors --stills   # one frame per prompt, scored as a picture
     selfforcing eval --checkpoint teacher.safetensors --sample-shift 3   # a multi-step model, another recipe
 
@@ -51,6 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--denoising", metavar="PATH",
                         help="x0 error of this world model per noise level on real clips it never trained on "
                              "(12 by default), next to the error of the noisy input itself")
+    source.add_argument("--tracking", metavar="PATH",
+                        help="whether this world model's x0 estimate of a frame reads the other frames where a "
+                             "moving object is (1) or in place (0), on 8 clips of one object moving straight "
+                             "(--n), noised to σ = 0.9")
     p.add_argument("--json", action="store_true", help="print machine-readable scores")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per generated video (--checkpoint; default: the training length)")
@@ -170,6 +175,14 @@ def run(args: argparse.Namespace) -> Report:
         rows = denoising_errors(args.denoising, n=args.n or DEFAULT_CLIPS, device=getattr(args, "device", "cpu"))
         print(json.dumps(rows, indent=2) if args.json else format_denoising(rows))
         return rows
+    if getattr(args, "tracking", None):
+        from selfforcing.eval.denoising import checkpoint_motion_tracking, format_tracking
+
+        if not Path(args.tracking).exists():
+            raise ValueError(f"checkpoint {args.tracking!r} does not exist")
+        result = checkpoint_motion_tracking(args.tracking, n=args.n or 8, device=getattr(args, "device", "cpu"))
+        print(json.dumps(result, indent=2) if args.json else format_tracking(result))
+        return result
     stills = getattr(args, "stills", False)
     if args.videos is not None:
         if stills:

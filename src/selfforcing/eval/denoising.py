@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_CLIPS", "DEFAULT_SIGMAS", "UNSEEN_SEED", "denoising_errors", "format_denoising"]
+__all__ = ["DEFAULT_CLIPS", "DEFAULT_SIGMAS", "UNSEEN_SEED", "denoising_errors", "format_denoising",
+           "tracking_scenes", "motion_tracking", "checkpoint_motion_tracking", "format_tracking"]
 
 DEFAULT_CLIPS = 12
 DEFAULT_SIGMAS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.3, 0.5, 0.8, 0.9, 0.95, 0.975)
@@ -74,4 +75,105 @@ def denoising_errors(checkpoint: str, *, n: int = DEFAULT_CLIPS, sigmas=DEFAULT_
 def format_denoising(rows: list[dict]) -> str:
     lines = ["    σ     x0 MSE   input MSE", "------  --------  ---------"]
     lines += [f"{r['sigma']:6.3f}  {r['x0_mse']:8.4f}  {r['input_mse']:9.4f}" for r in rows]
+    return "\n".join(lines)
+
+
+TRACKING_MOTIONS = ("right", "left", "down", "up")
+_TRACKING_LOOKS = (("square", "red", "black"), ("circle", "green", "grey"), ("square", "yellow", "navy"),
+                   ("circle", "blue", "black"))
+
+
+def tracking_scenes(n: int, motions=TRACKING_MOTIONS):
+    """n scenes of one large object moving fast in a straight line, starting a quarter of the frame from the edge
+    it leaves, so 21 frames stay in view (the motions in turn, then the next look)."""
+    from selfforcing.world.scene import Scene, WorldObject
+
+    scenes = []
+    for i in range(n):
+        motion = motions[i % len(motions)]
+        shape, colour, background = _TRACKING_LOOKS[(i // len(motions)) % len(_TRACKING_LOOKS)]
+        start = {"right": (0.25, 0.5), "left": (0.75, 0.5), "down": (0.5, 0.25), "up": (0.5, 0.75)}[motion]
+        scenes.append(Scene(objects=(WorldObject(shape=shape, colour=colour, size="large", motion=motion,
+                                                 speed="fast", x=start[0], y=start[1]),), background=background))
+    return scenes
+
+
+def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float = 0.9, min_distance: int = 3,
+                    seed: int = UNSEEN_SEED, device: str = "cpu") -> dict:
+    """Does a world model's x0 estimate of a frame read the other frames where the object is, or in place?
+
+    Each clip shows one object moving in a straight line. The clip is noised at σ, and the squared x0 estimate
+    over the 4x4 latent cells around the object in the middle frame c is differentiated with respect to the
+    noisy input. In every other frame f the sensitivity's centre (a soft argmax over the latent grid, above its
+    median) has moved by D_f from its centre in frame c, where the object itself moved by T_f. The tracking
+    ratio Σ D_f · T_f / Σ |T_f|² over frames at least `min_distance` from c is 1 for a model that reads each
+    frame where the object is and 0 for one that reads every frame at frame c's place.
+
+    Args:
+        model: a bidirectional world model (x, t, context) -> velocity.
+        codec: the world's latent codec (`encode`), one latent cell per `codec.patch` pixels.
+        encode: captions -> text context.
+        scenes: from `tracking_scenes`; their objects move in straight lines (no wrap within the clip).
+        frames: clip length in frames.
+    Returns:
+        {"sigma", "tracking", "per_clip": [{"motion", "tracking"}]}.
+    """
+    from selfforcing.diffusion.flow import FlowMatching
+    from selfforcing.world.captions import detailed_caption
+    from selfforcing.world.motion import object_state
+    from selfforcing.world.renderer import render_tensor
+
+    videos = torch.stack([render_tensor(s, 0, frames) for s in scenes])                 # (n, F, 3, H, W)
+    x0 = codec.encode(videos.to(device)).float()                                        # (n, F, C, h, w)
+    n, _, _, h, w = x0.shape
+    context = encode([detailed_caption(s) for s in scenes])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    flow = FlowMatching()
+    t = flow.timestep_of(torch.tensor(float(sigma))).to(device)
+    x_t = flow.add_noise(x0, eps, t).requires_grad_(True)
+    t_frames = t.expand(x0.shape[:2])
+    x0_hat = flow.x0_from_velocity(x_t, model(x_t, t_frames, context).float(), t_frames)
+    c = frames // 2
+    states = [object_state(s.objects[0], 0, frames) for s in scenes]
+    # object centres in latent cells, (n, F, 2) as (row, column); pixel k's centre is at (k + 0.5) / size
+    centre = torch.tensor([[[st.y[f] * h - 0.5, st.x[f] * w - 0.5] for f in range(frames)] for st in states])
+    loss = 0.0
+    for i in range(n):
+        r, q = (int(round(float(v))) for v in centre[i, c])
+        loss = loss + x0_hat[i, c, :, max(r - 2, 0):r + 2, max(q - 2, 0):q + 2].pow(2).sum()
+    (grad,) = torch.autograd.grad(loss, x_t)
+    sens = grad.abs().sum(2).cpu()                                                      # (n, F, h, w)
+    sens = (sens - sens.flatten(2).median(-1).values[..., None, None]).clamp(min=0) ** 2
+    rows, cols = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    mass = sens.sum((2, 3)).clamp(min=1e-30)
+    found = torch.stack([(sens.sum(3) * rows).sum(2) / mass, (sens.sum(2) * cols).sum(2) / mass], -1)  # (n, F, 2)
+    far = (torch.arange(frames) - c).abs() >= min_distance
+    moved = (centre - centre[:, c:c + 1])[:, far]                                       # T_f, (n, F', 2)
+    read = (found - found[:, c:c + 1])[:, far]                                          # D_f
+    per_clip = [{"motion": s.objects[0].motion,
+                 "tracking": float((read[i] * moved[i]).sum() / (moved[i] ** 2).sum())} for i, s in enumerate(scenes)]
+    total = float((read * moved).sum() / (moved ** 2).sum())
+    return {"sigma": float(sigma), "tracking": total, "per_clip": per_clip}
+
+
+def checkpoint_motion_tracking(checkpoint: str, *, n: int = 8, sigma: float = 0.9, device: str = "cpu") -> dict:
+    """`motion_tracking` of a world model checkpoint on `tracking_scenes(n)` at its training length."""
+    from selfforcing.inference.loading import load_pipeline
+
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    pipe, spec = load_pipeline(checkpoint, device=device)
+    if pipe.codec is None or pipe.text_encoder is None or spec.codec != "space-to-depth-4":
+        raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
+                         "--tracking reads world clips")
+    frames = pipe.codec.num_pixel_frames(spec.train_frames)
+    with torch.enable_grad():
+        return motion_tracking(pipe.generator, pipe.codec, lambda caps: pipe.text_encoder.encode(caps).to(device),
+                               tracking_scenes(n), frames=frames, sigma=sigma, device=device)
+
+
+def format_tracking(result: dict) -> str:
+    lines = [f"σ = {result['sigma']}: tracking {result['tracking']:.2f} "
+             "(1: reads every frame where the object is, 0: at the middle frame's place)"]
+    lines += [f"  {r['motion']:>5}  {r['tracking']:5.2f}" for r in result["per_clip"]]
     return "\n".join(lines)

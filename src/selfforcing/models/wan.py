@@ -32,7 +32,7 @@ from einops import rearrange
 from ..config import WanConfig
 from ..nn.attention import attention
 from ..nn.masks import structured_mask
-from ..nn.rope import apply_rope, rope_angles
+from ..nn.rope import apply_rope, axial_frequencies, mixed_rope_angles, rope_angles, rope_positions
 from .kv_cache import CrossAttnCache, KVCache, KVContext
 
 __all__ = ["WanDiT", "grow_depth", "sinusoidal_embedding"]
@@ -99,6 +99,14 @@ class _Projections(nn.Module):
 
 
 class SelfAttention(_Projections):
+    def __init__(self, cfg: WanConfig, layer: int):
+        super().__init__(cfg, layer)
+        # mixed RoPE (`WanConfig.rope_mixed`): each head's pairs learn their (ω_t, ω_h, ω_w), from the axial ones
+        self.rope_freqs = (
+            nn.Parameter(axial_frequencies(cfg.head_dim).float()[None].repeat(cfg.num_heads, 1, 1))
+            if cfg.rope_mixed else None
+        )
+
     def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | KVContext | None = None):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))    # (B, N, h, d)
@@ -357,7 +365,11 @@ class WanDiT(nn.Module):
         elif cfg.causal and kv_cache is None:
             mask = structured_mask("causal", cfg, num_frames, tokens_per_frame, x.device)
 
-        cos, sin = rope_angles(cfg.head_dim, positions, h, w)               # (N, d/2)
+        if cfg.rope_mixed:                                                  # (N, h, d/2), one pair a block
+            grid = rope_positions(positions, h, w)
+            rope = [mixed_rope_angles(grid, block.self_attn.rope_freqs) for block in self.blocks]
+        else:
+            rope = [rope_angles(cfg.head_dim, positions, h, w)] * len(self.blocks)      # (N, d/2)
         if kv_cache is not None:
             kv_cache.advance(start_frame * tokens_per_frame, tokens.shape[1])
         if torch.is_grad_enabled():
@@ -371,6 +383,7 @@ class WanDiT(nn.Module):
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         frozen = kv_cache.frozen_context() if recompute and kv_cache is not None else None
         for i, block in enumerate(self.blocks):
+            cos, sin = rope[i]
             if recompute:
                 tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, cos, sin, mask, frozen, None,
                                                            use_reentrant=False)

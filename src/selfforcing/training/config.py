@@ -149,6 +149,9 @@ class OptimConfig:
         warmup_steps: steps of linear warm-up from 0.
         decay: shape after warm-up; "cosine" and "linear" end at lr · min_lr_ratio at the last step.
         min_lr_ratio: final lr as a fraction of `lr`.
+        rope_lr_scale: learning rate of mixed RoPE frequencies (`model.rope_mixed`) as a multiple of `lr`, without
+            weight decay. A frequency has to move by about the speed of an object in tokens a frame (~0.1 in the
+            world) before attention follows it, which steps of `lr` with noisy signs take thousands of steps to do.
     """
 
     lr: float = 3e-4
@@ -158,10 +161,13 @@ class OptimConfig:
     warmup_steps: int = 100
     decay: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = 0.1
+    rope_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
             raise ValueError("lr and eps must be positive and weight_decay non-negative")
+        if self.rope_lr_scale <= 0:
+            raise ValueError(f"rope_lr_scale must be positive, got {self.rope_lr_scale}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -85,15 +85,16 @@ class AlgorithmEntry:
     export: tuple[str, ...] | None = None
 
 
-# optional parts a checkpoint can gain with its function unchanged: config field -> weight-name prefix
-_GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding."}
+# optional parts a checkpoint can gain with its function unchanged: config field -> what its weights' names hold
+_GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding.", "rope_mixed": ".self_attn.rope_freqs"}
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
     """`config`'s network with the weights at `path` (any layout), or freshly initialised. Ways to grow a
     checkpoint that keep its function: `config.num_layers` a multiple of the stored depth interleaves silent
     copies of its blocks (`grow_depth`); an output refiner (`WanConfig.refine`) or absolute positions
-    (`WanConfig.pos_embed`) the checkpoint lacks start at zero."""
+    (`WanConfig.pos_embed`) the checkpoint lacks start at zero, mixed RoPE (`WanConfig.rope_mixed`) at the
+    axial frequencies."""
     if not path:
         return WanDiT(config)
     stored = describe_checkpoint(path)["config"]
@@ -104,7 +105,8 @@ def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
     if config.num_layers % layers:
         raise ValueError(f"{path} has {layers} blocks: a model grown from it needs a multiple of {layers} "
                          f"blocks, got model.num_layers={config.num_layers}")
-    base = load_transformer(path, config=config.replace(num_layers=layers, **{field: 0 for field in new}),
+    off = {field: type(getattr(config, field))() for field in new}          # 0 / False: the part absent
+    base = load_transformer(path, config=config.replace(num_layers=layers, **off),
                             dtype=torch.float32)
     if layers != config.num_layers:
         base = grow_depth(base, config.num_layers)
@@ -114,9 +116,21 @@ def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
         return base
     model = WanDiT(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith(tuple(new.values())) for k in missing), (missing, unexpected)
-    log.info("%s lacks %s: new weights starting at zero", path, ", ".join(f"model.{field}" for field in new))
+    assert not unexpected and all(any(part in k for part in new.values()) for k in missing), (missing, unexpected)
+    log.info("%s lacks %s: new weights starting with the function unchanged", path,
+             ", ".join(f"model.{field}" for field in new))
     return model
+
+
+def _param_groups(network: nn.Module, optim: OptimConfig) -> list[dict]:
+    """AdamW's parameter groups: mixed RoPE frequencies (`WanConfig.rope_mixed`) apart, at `optim.rope_lr_scale`
+    times the learning rate and without weight decay; every other trained parameter in one group."""
+    trained = [(n, p) for n, p in network.named_parameters() if p.requires_grad]
+    rope = [p for n, p in trained if n.endswith("self_attn.rope_freqs")]
+    groups = [{"params": [p for n, p in trained if not n.endswith("self_attn.rope_freqs")]}]
+    if rope:
+        groups.append({"params": rope, "rope": True, "weight_decay": 0.0})
+    return groups
 
 
 def _require_causal(config: TrainConfig) -> WanConfig:
@@ -323,7 +337,7 @@ class Trainer:
                 raise ValueError(f"update {u.name!r} trains {u.network!r}, which is not a trained network")
         o = config.optim
         self.optimizers = {
-            u.name: torch.optim.AdamW([p for p in self.networks[u.network].parameters() if p.requires_grad],
+            u.name: torch.optim.AdamW(_param_groups(self.networks[u.network], o),
                                       lr=self._peak_lr(u), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
             for u in self.updates
         }
@@ -426,8 +440,8 @@ class Trainer:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             lr = lr_at(dataclasses.replace(self.config.optim, lr=self._peak_lr(u)), self.step,
                        self.config.schedule.steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:      # the scale read from the config, so a resume can change it
+                group["lr"] = lr * (self.config.optim.rope_lr_scale if group.get("rope") else 1.0)
             opt.step()
             if u.network in self.emas:
                 self.emas[u.network].update(net, self.step + 1)
