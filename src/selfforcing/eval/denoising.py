@@ -107,7 +107,8 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
     noisy input. In every other frame f the sensitivity's centre (a soft argmax over the latent grid, above its
     median) has moved by D_f from its centre in frame c, where the object itself moved by T_f. The tracking
     ratio Σ D_f · T_f / Σ |T_f|² over frames at least `min_distance` from c is 1 for a model that reads each
-    frame where the object is and 0 for one that reads every frame at frame c's place.
+    frame where the object is and 0 for one that reads every frame at frame c's place. Frames the estimate does
+    not read at all are left out: for a causal generator the ratio is over earlier frames.
 
     Args:
         model: a bidirectional world model (x, t, context) -> velocity.
@@ -145,11 +146,13 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
     sens = grad.abs().sum(2).cpu()                                                      # (n, F, h, w)
     sens = (sens - sens.flatten(2).median(-1).values[..., None, None]).clamp(min=0) ** 2
     rows, cols = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
-    mass = sens.sum((2, 3)).clamp(min=1e-30)
-    found = torch.stack([(sens.sum(3) * rows).sum(2) / mass, (sens.sum(2) * cols).sum(2) / mass], -1)  # (n, F, 2)
-    far = (torch.arange(frames) - c).abs() >= min_distance
-    moved = (centre - centre[:, c:c + 1])[:, far]                                       # T_f, (n, F', 2)
-    read = (found - found[:, c:c + 1])[:, far]                                          # D_f
+    mass = sens.sum((2, 3))                                                             # (n, F)
+    found = torch.stack([(sens.sum(3) * rows).sum(2), (sens.sum(2) * cols).sum(2)], -1)  # (n, F, 2)
+    found = found / mass.clamp(min=1e-30)[..., None]
+    # frames the estimate reads at all (a causal generator reads no later frame), at least min_distance away
+    used = (mass > 0) & ((torch.arange(frames) - c).abs() >= min_distance)               # (n, F)
+    moved = (centre - centre[:, c:c + 1]) * used[..., None]                             # T_f, (n, F, 2)
+    read = (found - found[:, c:c + 1]) * used[..., None]                                # D_f
     per_clip = [{"motion": s.objects[0].motion,
                  "tracking": float((read[i] * moved[i]).sum() / (moved[i] ** 2).sum())} for i, s in enumerate(scenes)]
     total = float((read * moved).sum() / (moved ** 2).sum())

@@ -78,8 +78,9 @@ def axial_frequencies(head_dim: int) -> torch.Tensor:
 def rope_positions(frame_positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(F*height*width, 3) float64 (frame, row, column) of every token, frame-major as `rope_angles`."""
     device = frame_positions.device
-    f, i, j = torch.meshgrid(frame_positions.to(torch.float64), torch.arange(height, dtype=torch.float64, device=device),
-                             torch.arange(width, dtype=torch.float64, device=device), indexing="ij")
+    rows = torch.arange(height, dtype=torch.float64, device=device)
+    cols = torch.arange(width, dtype=torch.float64, device=device)
+    f, i, j = torch.meshgrid(frame_positions.to(torch.float64), rows, cols, indexing="ij")
     return torch.stack([f, i, j], dim=-1).reshape(-1, 3)
 
 
