@@ -177,13 +177,22 @@ def test_eval_denoising_measures_the_x0_error_per_noise_level(checkpoint, tmp_pa
         assert r["x0_mse"] == pytest.approx(r["input_mse"], rel=1e-5)
 
 
-def test_eval_tracking_reports_one_ratio_per_clip(checkpoint, capsys):
-    assert main(["eval", "--tracking", str(checkpoint), "--n", "4", "--json"]) == 0
+def test_eval_tracking_reports_one_ratio_per_clip(checkpoint, tmp_path, capsys):
+    """A random bidirectional world model reads every frame: a finite ratio per clip. A fresh one (zero head:
+    its x0 estimate is constant) reads none, which is reported as such, not as a number."""
+    model = WanDiT(get_preset("world").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1))
+    with torch.no_grad():
+        model.head.head.weight.normal_(std=0.05)
+    path = tmp_path / "random.safetensors"
+    spec = json.dumps(PipelineSpec(train_frames=9).to_dict())
+    save_transformer(model, path, extra_metadata={PIPELINE_METADATA_KEY: spec})
+    assert main(["eval", "--tracking", str(path), "--n", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sigma"] == 0.9 and math.isfinite(result["tracking"])
     assert [r["motion"] for r in result["per_clip"]] == ["right", "left", "down", "up"]
-    assert main(["eval", "--tracking", str(checkpoint), "--n", "1"]) == 0
-    assert "tracking" in capsys.readouterr().out
+    assert all(math.isfinite(r["tracking"]) for r in result["per_clip"])
+    assert main(["eval", "--tracking", str(checkpoint), "--n", "1"]) == 0          # the fresh generator
+    assert "tracking n/a" in capsys.readouterr().out
 
 
 def test_heldout_videos_do_not_depend_on_the_batch_size(tmp_path):

@@ -117,7 +117,8 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
         scenes: from `tracking_scenes`; their objects move in straight lines (no wrap within the clip).
         frames: clip length in frames.
     Returns:
-        {"sigma", "tracking", "per_clip": [{"motion", "tracking"}]}.
+        {"sigma", "tracking", "per_clip": [{"motion", "tracking"}]}; tracking is None where the estimate reads
+        no frame at least `min_distance` from the middle one (a model that ignores its context).
     """
     from selfforcing.diffusion.flow import FlowMatching
     from selfforcing.world.captions import detailed_caption
@@ -153,9 +154,12 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
     used = (mass > 0) & ((torch.arange(frames) - c).abs() >= min_distance)               # (n, F)
     moved = (centre - centre[:, c:c + 1]) * used[..., None]                             # T_f, (n, F, 2)
     read = (found - found[:, c:c + 1]) * used[..., None]                                # D_f
-    per_clip = [{"motion": s.objects[0].motion,
-                 "tracking": float((read[i] * moved[i]).sum() / (moved[i] ** 2).sum())} for i, s in enumerate(scenes)]
-    total = float((read * moved).sum() / (moved ** 2).sum())
+
+    def ratio(d, m):                    # None where the estimate reads no frame far enough from the middle one
+        return float((d * m).sum() / (m ** 2).sum()) if (m ** 2).sum() > 0 else None
+
+    per_clip = [{"motion": s.objects[0].motion, "tracking": ratio(read[i], moved[i])} for i, s in enumerate(scenes)]
+    total = ratio(read, moved)
     return {"sigma": float(sigma), "tracking": total, "per_clip": per_clip}
 
 
@@ -176,7 +180,10 @@ def checkpoint_motion_tracking(checkpoint: str, *, n: int = 8, sigma: float = 0.
 
 
 def format_tracking(result: dict) -> str:
-    lines = [f"σ = {result['sigma']}: tracking {result['tracking']:.2f} "
-             "(1: reads every frame where the object is, 0: at the middle frame's place)"]
-    lines += [f"  {r['motion']:>5}  {r['tracking']:5.2f}" for r in result["per_clip"]]
+    def show(value):
+        return "  n/a" if value is None else f"{value:5.2f}"
+
+    lines = [f"σ = {result['sigma']}: tracking {show(result['tracking']).strip()} "
+             "(1: reads every frame where the object is, 0: at the middle frame's place, n/a: reads no other frame)"]
+    lines += [f"  {r['motion']:>5}  {show(r['tracking'])}" for r in result["per_clip"]]
     return "\n".join(lines)
