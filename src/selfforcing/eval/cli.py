@@ -167,21 +167,18 @@ def run(args: argparse.Namespace) -> Report:
         table = calibration_table(args.n or 32, frames=frames, seed=args.seed)
         print(json.dumps(table, indent=2) if args.json else format_calibration(table))
         return table
-    if getattr(args, "denoising", None):
-        from selfforcing.eval.denoising import DEFAULT_CLIPS, denoising_errors, format_denoising
+    probe = next((flag for flag in ("denoising", "tracking") if getattr(args, flag, None)), None)
+    if probe:                                            # a world model's denoiser, probed on real world clips
+        from selfforcing.eval.denoising import (DEFAULT_CLIPS, checkpoint_motion_tracking, denoising_errors,
+                                                format_denoising, format_tracking)
 
-        if not Path(args.denoising).exists():
-            raise ValueError(f"checkpoint {args.denoising!r} does not exist")
-        rows = denoising_errors(args.denoising, n=args.n or DEFAULT_CLIPS, device=getattr(args, "device", "cpu"))
-        print(json.dumps(rows, indent=2) if args.json else format_denoising(rows))
-        return rows
-    if getattr(args, "tracking", None):
-        from selfforcing.eval.denoising import checkpoint_motion_tracking, format_tracking
-
-        if not Path(args.tracking).exists():
-            raise ValueError(f"checkpoint {args.tracking!r} does not exist")
-        result = checkpoint_motion_tracking(args.tracking, n=args.n or 8, device=getattr(args, "device", "cpu"))
-        print(json.dumps(result, indent=2) if args.json else format_tracking(result))
+        path = getattr(args, probe)
+        if not Path(path).exists():
+            raise ValueError(f"checkpoint {path!r} does not exist")
+        measure, fmt, n = {"denoising": (denoising_errors, format_denoising, DEFAULT_CLIPS),
+                           "tracking": (checkpoint_motion_tracking, format_tracking, 8)}[probe]
+        result = measure(path, n=args.n or n, device=getattr(args, "device", "cpu"))
+        print(json.dumps(result, indent=2) if args.json else fmt(result))
         return result
     stills = getattr(args, "stills", False)
     if args.videos is not None:

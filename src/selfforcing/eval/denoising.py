@@ -37,17 +37,13 @@ def denoising_errors(checkpoint: str, *, n: int = DEFAULT_CLIPS, sigmas=DEFAULT_
         [{"sigma", "x0_mse", "input_mse"}] in the order of `sigmas`.
     """
     from selfforcing.diffusion.flow import FlowMatching
-    from selfforcing.inference.loading import load_pipeline
     from selfforcing.world import WorldDataConfig, WorldDataset
 
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
     if any(not 0 < s <= 1 for s in sigmas):
         raise ValueError(f"noise levels must lie in (0, 1], got {list(sigmas)}")
-    pipe, spec = load_pipeline(checkpoint, device=device)
-    if pipe.codec is None or pipe.text_encoder is None or spec.codec != "space-to-depth-4":
-        raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
-                         "--denoising reads world clips")
+    pipe, spec = _world_pipeline(checkpoint, device, "--denoising")
     model = pipe.generator
     frames = pipe.codec.num_pixel_frames(spec.train_frames)
     world = WorldDataset(WorldDataConfig(length=n, seed=seed, num_frames=frames, size=spec.height,
@@ -70,6 +66,17 @@ def denoising_errors(checkpoint: str, *, n: int = DEFAULT_CLIPS, sigmas=DEFAULT_
         rows.append({"sigma": float(sigma), "x0_mse": err / x0.numel(),
                      "input_mse": float((x_t - x0).pow(2).mean())})
     return rows
+
+
+def _world_pipeline(checkpoint: str, device: str, flag: str):
+    """The pipeline and spec of a world model checkpoint; anything else is refused, naming `flag`."""
+    from selfforcing.inference.loading import load_pipeline
+
+    pipe, spec = load_pipeline(checkpoint, device=device)
+    if pipe.codec is None or pipe.text_encoder is None or spec.codec != "space-to-depth-4":
+        raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
+                         f"{flag} reads world clips")
+    return pipe, spec
 
 
 def format_denoising(rows: list[dict]) -> str:
@@ -165,14 +172,9 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
 
 def checkpoint_motion_tracking(checkpoint: str, *, n: int = 8, sigma: float = 0.9, device: str = "cpu") -> dict:
     """`motion_tracking` of a world model checkpoint on `tracking_scenes(n)` at its training length."""
-    from selfforcing.inference.loading import load_pipeline
-
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
-    pipe, spec = load_pipeline(checkpoint, device=device)
-    if pipe.codec is None or pipe.text_encoder is None or spec.codec != "space-to-depth-4":
-        raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
-                         "--tracking reads world clips")
+    pipe, spec = _world_pipeline(checkpoint, device, "--tracking")
     frames = pipe.codec.num_pixel_frames(spec.train_frames)
     with torch.enable_grad():
         return motion_tracking(pipe.generator, pipe.codec, lambda caps: pipe.text_encoder.encode(caps).to(device),
