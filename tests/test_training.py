@@ -266,6 +266,16 @@ def test_colour_synonyms_change_only_the_captions_colour_words(tmp_path):
         tiny(tmp_path, "data.colour_synonyms=1.5")
 
 
+def test_data_fps_moves_objects_further_per_frame(tmp_path):
+    base = ("data.max_start_frame=0", "data.detailed_caption_prob=0")
+    full = MicroBatches(tiny(tmp_path, *base, "data.num_frames=5"))[0]
+    half = MicroBatches(tiny(tmp_path, *base, "data.num_frames=3", "data.fps=8"))[0]
+    torch.testing.assert_close(half["video"], full["video"][:, ::2])    # every other frame of the 16-fps clip
+    assert half["captions"] == full["captions"]
+    with pytest.raises(ValueError, match="data.fps"):
+        tiny(tmp_path, "data.fps=0")
+
+
 @pytest.mark.parametrize("changes, message", [
     (("algorithm=ode-init",), "train the bidirectional teacher only"),
     (("data.source=prompts",), "needs data.source=world"),

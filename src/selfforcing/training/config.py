@@ -55,6 +55,9 @@ class DataConfig:
         max_objects: at most this many objects per scene.
         max_start_frame: clips start at a uniform frame in [0, max_start_frame], so objects are also seen
             mid-motion.
+        fps: frame rate the world clips are rendered at. The world's motions are per second, so a lower rate
+            moves every object further between frames (8: twice as far, as if every other frame were skipped);
+            the captions stay the same. An experiment's knob: generated videos play at the world's 16 fps.
         detailed_caption_prob: probability of the detailed caption, otherwise the short one.
         colour_synonyms: probability that each object's colour name in a world caption is replaced by one of
             its synonyms ("red" -> "scarlet", `world.prompts.vary_colour_words`; the words of
@@ -92,6 +95,7 @@ class DataConfig:
     size: int = 64
     max_objects: int = 3
     max_start_frame: int = 32
+    fps: int = 16
     detailed_caption_prob: float = 0.5
     colour_synonyms: float = 0.0
     text_encoder: Literal["minilm", "umt5", "hash"] = "minilm"
@@ -114,6 +118,8 @@ class DataConfig:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
         if not 0.0 <= self.colour_synonyms <= 1.0:
             raise ValueError("colour_synonyms must lie in [0, 1]")
+        if self.fps < 1:
+            raise ValueError(f"data.fps must be positive, got {self.fps}")
         if self.max_start_frame < 0 or self.num_workers < 0:
             raise ValueError("max_start_frame and num_workers must be non-negative")
         if self.image_every < 0 or self.image_batch_size < 0:

@@ -186,7 +186,7 @@ class MicroBatches(Dataset):
         self.length = d.length
         if d.source in ("world", "prompts"):
             world = WorldDataConfig(length=d.length, seed=d.seed, num_frames=d.num_frames, size=d.size,
-                                    max_objects=d.max_objects, max_start_frame=d.max_start_frame)
+                                    max_objects=d.max_objects, max_start_frame=d.max_start_frame, fps=d.fps)
             self.world = WorldDataset(world)
             if d.image_every:
                 self.images = WorldDataset(dataclasses.replace(world, num_frames=1))
