@@ -169,14 +169,14 @@ def run(args: argparse.Namespace) -> Report:
         return table
     probe = next((flag for flag in ("denoising", "tracking") if getattr(args, flag, None)), None)
     if probe:                                            # a world model's denoiser, probed on real world clips
-        from selfforcing.eval.denoising import (DEFAULT_CLIPS, checkpoint_motion_tracking, denoising_errors,
-                                                format_denoising, format_tracking)
+        from selfforcing.eval.denoising import (DEFAULT_CLIPS, TRACKING_CLIPS, checkpoint_motion_tracking,
+                                                denoising_errors, format_denoising, format_tracking)
 
         path = getattr(args, probe)
         if not Path(path).exists():
             raise ValueError(f"checkpoint {path!r} does not exist")
         measure, fmt, n = {"denoising": (denoising_errors, format_denoising, DEFAULT_CLIPS),
-                           "tracking": (checkpoint_motion_tracking, format_tracking, 8)}[probe]
+                           "tracking": (checkpoint_motion_tracking, format_tracking, TRACKING_CLIPS)}[probe]
         result = measure(path, n=args.n or n, device=getattr(args, "device", "cpu"))
         print(json.dumps(result, indent=2) if args.json else fmt(result))
         return result

@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_CLIPS", "DEFAULT_SIGMAS", "UNSEEN_SEED", "denoising_errors",
            "tracking_scenes", "motion_tracking", "checkpoint_motion_tracking", "format_tracking"]
 
 DEFAULT_CLIPS = 12
+TRACKING_CLIPS = 8
 DEFAULT_SIGMAS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.3, 0.5, 0.8, 0.9, 0.95, 0.975)
 UNSEEN_SEED = 12345
 
@@ -170,7 +171,8 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
     return {"sigma": float(sigma), "tracking": total, "per_clip": per_clip}
 
 
-def checkpoint_motion_tracking(checkpoint: str, *, n: int = 8, sigma: float = 0.9, device: str = "cpu") -> dict:
+def checkpoint_motion_tracking(checkpoint: str, *, n: int = TRACKING_CLIPS, sigma: float = 0.9,
+                               device: str = "cpu") -> dict:
     """`motion_tracking` of a world model checkpoint on `tracking_scenes(n)` at its training length."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")

@@ -23,6 +23,7 @@ from ..algorithms.distillation import DistillConfig
 from ..algorithms.ode_init import ODEInitConfig
 from ..algorithms.teacher import TeacherConfig
 from ..config import WanConfig, get_preset
+from ..world import vocab
 from .overrides import apply_overrides, config_from_dict, config_to_dict
 
 __all__ = [
@@ -95,7 +96,7 @@ class DataConfig:
     size: int = 64
     max_objects: int = 3
     max_start_frame: int = 32
-    fps: int = 16
+    fps: int = vocab.FPS
     detailed_caption_prob: float = 0.5
     colour_synonyms: float = 0.0
     text_encoder: Literal["minilm", "umt5", "hash"] = "minilm"
