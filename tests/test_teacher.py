@@ -9,6 +9,7 @@ import torch
 
 from selfforcing.models.codec import WORLD_LATENT_NORM
 from selfforcing.algorithms import Batch, SampleRNG, TeacherConfig, TeacherTraining, teacher_loss
+from selfforcing.algorithms.teacher import motion_weights
 from selfforcing.config import get_preset
 from selfforcing.diffusion.flow import FlowMatching
 from selfforcing.inference.teacher import decode_to_uint8, sample_teacher
@@ -152,6 +153,88 @@ def test_multiscale_loss_weighs_smooth_errors_up():
     assert torch.allclose(plain, torch.tensor(0.25))
     with pytest.raises(ValueError, match="multiscale"):
         TeacherConfig(multiscale=(1,))
+
+
+def test_motion_weight_moves_the_loss_onto_what_moves():
+    """With motion_weight λ an error on a position that changes over the clip costs more than the same error on a
+    static one; the weights average 1, so a uniform error costs the plain loss; a static clip or λ = 0 gives
+    exactly the plain loss; the true velocity still costs nothing."""
+    flow = FlowMatching(shift=5.0)
+    ctx = null = torch.zeros(1, L, D)
+    x_0 = torch.zeros(1, 4, C, 4, 4)
+    x_0[:, :, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0, 1.0])[:, None]      # one position flickers, 15 stay put
+    weight = motion_weights(x_0, 3.0)
+    assert weight.shape == (1, 1, 1, 4, 4) and torch.allclose(weight.mean(), torch.tensor(1.0))
+    assert torch.allclose(weight[0, 0, 0, 0, 0] / weight[0, 0, 0, 1, 1], torch.tensor(1 + 3.0 * 16))
+
+    class Offset(Oracle):
+        def __init__(self, x_0, delta):
+            super().__init__(x_0)
+            self.delta = delta
+
+        def forward(self, x_t, t, context):
+            return super().forward(x_t, t, context) + self.delta
+
+    def loss(delta, strength, x=x_0):
+        value, _ = teacher_loss(Offset(x, delta), x, ctx, null, SampleRNG([5]), flow, motion_weight=strength)
+        return value.item()
+
+    moving, still = torch.zeros_like(x_0), torch.zeros_like(x_0)
+    moving[..., 0, 0], still[..., 1, 1] = 1.0, 1.0
+    assert loss(moving, 3.0) > 10 * loss(still, 3.0)
+    assert loss(moving, 0.0) == pytest.approx(loss(still, 0.0))
+    assert loss(0.5, 3.0) == pytest.approx(0.25, rel=1e-5) and loss(0.0, 3.0) < 1e-8
+    static = _randn(1, 1, C, 4, 4).expand(1, 4, C, 4, 4).contiguous()
+    assert loss(moving, 3.0, static) == pytest.approx(loss(moving, 0.0, static))
+    assert torch.equal(motion_weights(x_0[:, :1], 3.0), torch.ones(1, 1, 1, 4, 4))   # one frame: nothing moves
+    # span "frame": one map a frame, marking what changes next to it; a frame whose neighbours agree with it
+    # everywhere keeps weight 1
+    steps = torch.zeros(1, 4, C, 4, 4)
+    steps[:, 2:, :, 0, 0] = 1.0                                             # position (0, 0) changes between 1 and 2
+    framewise = motion_weights(steps, 3.0, "frame")
+    assert framewise.shape == (1, 4, 1, 4, 4) and torch.allclose(framewise.mean(dim=(3, 4)), torch.ones(1, 4, 1))
+    assert framewise[0, 1, 0, 0, 0] > 10 * framewise[0, 1, 0, 1, 1] and framewise[0, 2, 0, 0, 0] > 10
+    assert torch.equal(framewise[0, 0], torch.ones(1, 4, 4)) and torch.equal(framewise[0, 3], torch.ones(1, 4, 4))
+    framewise_loss, _ = teacher_loss(Offset(steps, moving), steps, ctx, null, SampleRNG([5]), flow,
+                                     motion_weight=3.0, motion_span="frame", temporal_weight=1.0)
+    assert framewise_loss.item() > loss(moving, 0.0, steps)
+    with pytest.raises(ValueError, match="motion_span"):
+        TeacherConfig(motion_span="video")
+    with pytest.raises(ValueError, match="motion_weight"):
+        TeacherConfig(motion_weight=-1.0)
+
+
+def test_temporal_weight_charges_an_error_that_stays_put_for_the_motion():
+    """temporal_weight λ adds λ · ½ ‖e_{f+1} - e_f‖²: an error the same in every frame adds nothing, one that
+    alternates between frames costs 2 δ² more per unit λ, white noise about λ times its plain cost; λ = 0 gives
+    exactly the plain loss, and the true velocity costs nothing."""
+    flow = FlowMatching(shift=5.0)
+    ctx = null = torch.zeros(1, L, D)
+    x_0 = _randn(1, 4, C, 4, 4)
+
+    class Offset(Oracle):
+        def __init__(self, x_0, delta):
+            super().__init__(x_0)
+            self.delta = delta
+
+        def forward(self, x_t, t, context):
+            return super().forward(x_t, t, context) + self.delta
+
+    def loss(delta, strength, weighting="uniform"):
+        value, _ = teacher_loss(Offset(x_0, delta), x_0, ctx, null, SampleRNG([7]), flow,
+                                temporal_weight=strength, weighting=weighting)
+        return value.item()
+
+    steady = torch.full_like(x_0, 0.5)
+    alternating = 0.5 * torch.tensor([1.0, -1.0, 1.0, -1.0]).reshape(1, 4, 1, 1, 1).expand_as(x_0)
+    assert loss(steady, 2.0) == pytest.approx(0.25, rel=1e-5)
+    assert loss(alternating, 2.0) == pytest.approx(0.25 + 2.0 * 0.5 * 1.0**2, rel=1e-5)
+    noise = _randn(1, 4, C, 4, 4, seed=9)
+    assert loss(noise, 1.0) == pytest.approx(2 * loss(noise, 0.0), rel=0.1)
+    assert loss(0.0, 2.0) < 1e-8 and loss(alternating, 0.0) == pytest.approx(0.25, rel=1e-5)
+    assert loss(steady, 2.0, "wan") == pytest.approx(loss(steady, 0.0, "wan"), rel=1e-5)
+    with pytest.raises(ValueError, match="temporal_weight"):
+        TeacherConfig(temporal_weight=-1.0)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])

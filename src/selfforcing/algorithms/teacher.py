@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..diffusion.flow import FlowMatching
 from .base import Batch, Logs, SampleRNG, Update
 
-__all__ = ["TeacherConfig", "teacher_loss", "TeacherTraining"]
+__all__ = ["TeacherConfig", "motion_weights", "teacher_loss", "TeacherTraining"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,16 @@ class TeacherConfig:
             costs the same at every scale and a smooth, low-frequency one up to k² more), all terms averaged.
             It puts more of the gradient on where objects are and what colour, less on the irreducible detail
             of high noise levels. (): the plain loss. Tried as (2, 4) for 500 steps: no better than the plain loss.
+        motion_weight: λ of a loss weighted towards what moves: each latent position's squared error is weighted
+            by 1 + λ m, with m the clean clip's standard deviation over frames at that position (channel mean),
+            scaled to mean 1 over the frame, and the weights scaled to mean 1 again (a clip in which nothing
+            moves keeps the plain loss). A static background, most of the world's pixels and best denoised by
+            pooling the frames in place, then pays less than the objects' paths. 0: the plain loss.
+        motion_span: "clip" (one map for the clip, the objects' whole paths) or "frame" (a map a frame, from
+            its neighbours: where the objects are changing in that frame); `motion_weights`.
+        temporal_weight: adds this times the mean of ½ ‖e_{f+1} - e_f‖² over neighbouring frames, e the velocity
+            error (times the motion weights): an error that stays put while the clip moves (a blob drawn where
+            the object was) costs its motion again, white noise costs as much as in the plain term. 0: off.
     """
 
     shift: float = 5.0
@@ -63,6 +73,9 @@ class TeacherConfig:
     init_from: str | None = None
     frame_noise: float = 0.0
     multiscale: tuple[int, ...] = ()
+    motion_weight: float = 0.0
+    motion_span: Literal["clip", "frame"] = "clip"
+    temporal_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shift <= 0 or self.sample_shift <= 0:
@@ -75,6 +88,37 @@ class TeacherConfig:
             raise ValueError(f"frame_noise must lie in [0, 1], got {self.frame_noise}")
         if any(k < 2 for k in self.multiscale):
             raise ValueError(f"multiscale pooling factors must be at least 2, got {self.multiscale}")
+        if self.motion_weight < 0:
+            raise ValueError(f"motion_weight must be non-negative, got {self.motion_weight}")
+        if self.motion_span not in ("clip", "frame"):
+            raise ValueError(f"motion_span must be 'clip' or 'frame', got {self.motion_span!r}")
+        if self.temporal_weight < 0:
+            raise ValueError(f"temporal_weight must be non-negative, got {self.temporal_weight}")
+
+
+def motion_weights(x_0: torch.Tensor, strength: float, span: str = "clip") -> torch.Tensor:
+    """Per-position loss weights 1 + λ m of `TeacherConfig.motion_weight`, mean 1 over each frame.
+
+    span "clip": m is x_0's standard deviation over frames (channel mean), one map for the clip, (B, 1, 1, H, W):
+    it marks each object's whole path. span "frame": m is |x_0[f + 1] - x_0[f - 1]| (channel mean; one-sided
+    at the ends), one map a frame, (B, F, 1, H, W): it marks where the objects are changing in that frame.
+    m is scaled to mean 1 over the frame; a clip of one frame, or a frame in which nothing changes, gets
+    weight 1 everywhere.
+    """
+    if x_0.shape[1] < 2 or strength == 0:
+        return torch.ones_like(x_0[:, :1, :1], dtype=torch.float32)
+    x = x_0.float()
+    if span == "clip":
+        change = x.std(dim=1, keepdim=True).mean(dim=2, keepdim=True)          # (B, 1, 1, H, W)
+    elif span == "frame":
+        padded = torch.cat([x[:, :1], x, x[:, -1:]], dim=1)
+        change = (padded[:, 2:] - padded[:, :-2]).abs().mean(dim=2, keepdim=True)   # (B, F, 1, H, W)
+    else:
+        raise ValueError(f"unknown motion span {span!r}; expected 'clip' or 'frame'")
+    mean = change.mean(dim=(3, 4), keepdim=True)
+    change = torch.where(mean > 1e-6, change / mean.clamp_min(1e-6), torch.zeros_like(change))
+    weight = 1 + strength * change
+    return weight / weight.mean(dim=(3, 4), keepdim=True)
 
 
 def teacher_loss(
@@ -89,6 +133,9 @@ def teacher_loss(
     weighting: str = "uniform",
     frame_noise: float = 0.0,
     multiscale: tuple[int, ...] = (),
+    motion_weight: float = 0.0,
+    motion_span: str = "clip",
+    temporal_weight: float = 0.0,
 ) -> tuple[torch.Tensor, Logs]:
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
@@ -103,6 +150,9 @@ def teacher_loss(
         frame_noise: probability of independent per-frame noise levels for a sample (draws made after the
             others, so 0 gives exactly the one-level loss).
         multiscale: pooling factors of the multiscale loss (`TeacherConfig.multiscale`); () the plain MSE.
+        motion_weight: λ of the loss weighted towards what moves (`TeacherConfig.motion_weight`); 0 the plain MSE.
+        motion_span: "clip" or "frame" (`motion_weights`).
+        temporal_weight: weight of the error's frame-to-frame change (`TeacherConfig.temporal_weight`).
     Returns:
         loss (0-dim, mean over the batch) and detached logs.
     """
@@ -120,17 +170,24 @@ def teacher_loss(
     v_pred = model(x_t, t, context)                                        # (B, F, C, H, W)
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
     error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
-    per_frame = error.pow(2).mean(dim=(2, 3, 4))                           # (B, F)
+    weight = motion_weights(x_0, motion_weight, motion_span)               # (B, 1 or F, 1, H, W), mean 1
+    per_frame = (error.pow(2) * weight).mean(dim=(2, 3, 4))                # (B, F)
     for k in multiscale:
         pooled = F.avg_pool2d(error.flatten(0, 1), k, ceil_mode=True)        # (B*F, C, H/k, W/k)
-        per_frame = per_frame + k**2 * pooled.pow(2).mean(dim=(1, 2, 3)).unflatten(0, error.shape[:2])
+        pooled_weight = F.avg_pool2d(weight.expand_as(error).flatten(0, 1), k, ceil_mode=True)
+        pooled = (pooled.pow(2) * pooled_weight).mean(dim=(1, 2, 3))
+        per_frame = per_frame + k**2 * pooled.unflatten(0, error.shape[:2])
     per_frame = per_frame / (1 + len(multiscale))
-    if weighting == "wan":                                                 # each frame by its own level's weight
-        weight = flow.training_weight(t)
-        per_frame = per_frame * (weight if weight.ndim == 2 else weight[:, None])
-    elif weighting != "uniform":
+    if weighting not in ("uniform", "wan"):
         raise ValueError(f"unknown weighting {weighting!r}")
-    loss = per_frame.mean()
+    level = flow.training_weight(t) if weighting == "wan" else torch.ones_like(t, dtype=torch.float32)
+    level = level if level.ndim == 2 else level[:, None].expand_as(per_frame)   # (B, F): each frame its own level's
+    loss = (per_frame * level).mean()
+    if temporal_weight > 0 and error.shape[1] > 1:
+        # the frame-to-frame change of the error, pair (f, f + 1); half its square, so white noise costs the same
+        pair_weight = weight if weight.shape[1] == 1 else 0.5 * (weight[:, 1:] + weight[:, :-1])
+        change = 0.5 * (error[:, 1:] - error[:, :-1]).pow(2).mul(pair_weight).mean(dim=(2, 3, 4))   # (B, F - 1)
+        loss = loss + temporal_weight * (change * 0.5 * (level[:, 1:] + level[:, :-1])).mean()
 
     logs = {"loss": loss.detach(), "prompt_dropout": drop.float().mean()}
     return loss, logs
@@ -158,4 +215,6 @@ class TeacherTraining:
             self.model, batch.x_0, batch.context, batch.null_context, rng, self.flow,
             prompt_dropout=self.config.prompt_dropout, weighting=self.config.weighting,
             frame_noise=self.config.frame_noise, multiscale=self.config.multiscale,
+            motion_weight=self.config.motion_weight, motion_span=self.config.motion_span,
+            temporal_weight=self.config.temporal_weight,
         )
