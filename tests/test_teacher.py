@@ -36,6 +36,17 @@ class Oracle(torch.nn.Module):
         return (x_t - self.x_0) / sigma
 
 
+class Offset(Oracle):
+    """The true velocity plus a fixed error δ."""
+
+    def __init__(self, x_0: torch.Tensor, delta):
+        super().__init__(x_0)
+        self.delta = delta
+
+    def forward(self, x_t, t, context):
+        return super().forward(x_t, t, context) + self.delta
+
+
 class Recorder(torch.nn.Module):
     """Returns a constant and remembers its inputs."""
 
@@ -133,14 +144,6 @@ def test_multiscale_loss_weighs_smooth_errors_up():
     ctx = null = torch.zeros(B, L, D)
     flow = FlowMatching(shift=5.0)
 
-    class Offset(Oracle):
-        def __init__(self, x_0, delta):
-            super().__init__(x_0)
-            self.delta = delta
-
-        def forward(self, x_t, t, context):
-            return super().forward(x_t, t, context) + self.delta
-
     exact, _ = teacher_loss(Oracle(x_0), x_0, ctx, null, SampleRNG([1, 2, 3]), flow, multiscale=(2,))
     assert exact.item() < 1e-8
     smooth, _ = teacher_loss(Offset(x_0, 0.5), x_0, ctx, null, SampleRNG([1, 2, 3]), flow, multiscale=(2, 4))
@@ -166,14 +169,6 @@ def test_motion_weight_moves_the_loss_onto_what_moves():
     weight = motion_weights(x_0, 3.0)
     assert weight.shape == (1, 1, 1, 4, 4) and torch.allclose(weight.mean(), torch.tensor(1.0))
     assert torch.allclose(weight[0, 0, 0, 0, 0] / weight[0, 0, 0, 1, 1], torch.tensor(1 + 3.0 * 16))
-
-    class Offset(Oracle):
-        def __init__(self, x_0, delta):
-            super().__init__(x_0)
-            self.delta = delta
-
-        def forward(self, x_t, t, context):
-            return super().forward(x_t, t, context) + self.delta
 
     def loss(delta, strength, x=x_0):
         value, _ = teacher_loss(Offset(x, delta), x, ctx, null, SampleRNG([5]), flow, motion_weight=strength)
@@ -211,14 +206,6 @@ def test_temporal_weight_charges_an_error_that_stays_put_for_the_motion():
     flow = FlowMatching(shift=5.0)
     ctx = null = torch.zeros(1, L, D)
     x_0 = _randn(1, 4, C, 4, 4)
-
-    class Offset(Oracle):
-        def __init__(self, x_0, delta):
-            super().__init__(x_0)
-            self.delta = delta
-
-        def forward(self, x_t, t, context):
-            return super().forward(x_t, t, context) + self.delta
 
     def loss(delta, strength, weighting="uniform"):
         value, _ = teacher_loss(Offset(x_0, delta), x_0, ctx, null, SampleRNG([7]), flow,
