@@ -74,6 +74,8 @@ def test_quick_mode_scores_every_method_and_variant(quick):
         kept = quick / "run" / "checkpoints" / m["variant"] / f"{m['slug']}.safetensors"
         assert m["checkpoint"] == str(kept) and _dtypes(kept) == {torch.float16}        # the scored copy is fp16
     assert _dtypes(quick / "run" / "checkpoints" / "frame-wise" / "ode-init.safetensors") == {torch.float16}
+    assert (json.loads((quick / "run" / "checkpoints" / "teacher-eval.json").read_text())
+            == json.loads((quick / "run" / "teacher-eval.json").read_text()))      # the teacher's scores kept too
     assert [s["stage"] for s in results["stages"][:4]] == ["teacher", "ode-pairs", "chunk-wise/ode-init",
                                                             "frame-wise/ode-init"]
     assert all(s["status"] == "trained" and s["wall_s"] >= 0 for s in results["stages"])
@@ -127,6 +129,8 @@ def test_given_ode_inits_are_reused_and_the_methods_start_from_them(quick, tmp_p
     results = run_ablation(config)
     stages = {s["stage"]: s for s in results["stages"]}
     assert list(stages) == ["teacher", "chunk-wise/ode-init", "chunk-wise/sf-dmd"]       # no ODE pairs
+    assert results["teacher"]["eval"]["reused"]              # its scores kept beside the inits: not generated again
+    assert (tmp_path / "run" / "teacher-eval.json").read_text() == (kept / "teacher-eval.json").read_text()
     init = stages["chunk-wise/ode-init"]
     assert init["status"] == "reused" and init["weights"] == str(kept / "chunk-wise" / "ode-init.safetensors")
     assert init["step"] == 3 and len(init["sha256"]) == 64
@@ -166,6 +170,33 @@ def test_cached_scores_follow_the_weights_contents_not_just_the_step(tmp_path, m
     assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=1), cache) == ({"n": 2}, False)
     save_file({"w": torch.ones(2)}, str(weights), metadata={STEP_KEY: "7"})         # same step, other weights
     assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=1), cache) == ({"n": 3}, False)
+
+
+def test_scores_cached_elsewhere_are_reused_and_copied_when_they_match(tmp_path, monkeypatch):
+    """A committed cache (read only) is reused for the same weights and settings; settings named in `ignore` do
+    not break the match (a teacher's long-video settings), any other does."""
+    from safetensors.torch import save_file
+
+    from selfforcing.experiments import evaluation
+    from selfforcing.experiments.evaluation import LONG_VIDEO_SETTINGS
+
+    calls = []
+    monkeypatch.setattr(evaluation, "evaluate_generator",
+                        lambda path, settings: calls.append(path) or {"n": len(calls)})
+    weights, settings = tmp_path / "t.safetensors", EvalSettings()
+    save_file({"w": torch.zeros(2)}, str(weights))
+    committed, cache = tmp_path / "committed" / "teacher-eval.json", tmp_path / "run" / "teacher-eval.json"
+    assert evaluation.evaluate_cached(weights, settings, committed, ignore=LONG_VIDEO_SETTINGS) == ({"n": 1}, False)
+    stored = committed.read_text()
+    other_budget = dataclasses.replace(settings, long_budget_s=1.0, long_prompts=2)
+    assert evaluation.evaluate_cached(weights, other_budget, cache, reuse_from=[tmp_path / "nope.json", committed],
+                                      ignore=LONG_VIDEO_SETTINGS) == ({"n": 1}, True)
+    assert cache.read_text() == stored and committed.read_text() == stored          # copied, the source untouched
+    cache.unlink()
+    assert evaluation.evaluate_cached(weights, other_budget, cache, reuse_from=[committed]) == ({"n": 2}, False)
+    assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=3), cache, reuse_from=[committed],
+                                      ignore=LONG_VIDEO_SETTINGS) == ({"n": 3}, False)
+    assert committed.read_text() == stored
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):

@@ -11,6 +11,8 @@ complete (so a killed run picks up where it stopped, a half-trained stage from i
     OUT/<variant>/ode-init/     the ODE-regression init of the causal generator, per variant, unless --ode-inits
                                 holds them (by default the committed run's, trained from the committed teacher)
     OUT/teacher-eval.json       the teacher's scores at the training length, the reference of every method
+                                (reused from --ode-inits' folder when it holds them for the same weights and
+                                settings, as the committed run's does; also copied beside the kept checkpoints)
     OUT/<variant>/<method>/     each method from its preset, then its scores (eval.json)
     OUT/checkpoints/<variant>/  the fp16 copies that are scored and kept: ode-init.safetensors, <method>.safetensors
                                 (--checkpoints puts them elsewhere, e.g. checkpoints/ablation in the repository)
@@ -49,7 +51,8 @@ from ..training import checkpoint as ckpt
 from ..training import parallel
 from ..training.config import WORLD_ODE_PAIRS, TrainConfig, resolve_config, train_preset
 from ..training.overrides import config_diff
-from .evaluation import EvalSettings, drift_checkpoints, evaluate_cached, exported_step, file_sha256
+from .evaluation import (LONG_VIDEO_SETTINGS, EvalSettings, drift_checkpoints, evaluate_cached, exported_step,
+                         file_sha256)
 from .results import plot_drift, results_markdown
 
 __all__ = ["Method", "Variant", "METHODS", "VARIANTS", "STAGE_KINDS", "AblationConfig", "quick_config",
@@ -121,6 +124,7 @@ QUICK_STEPS = 3
 # The committed teacher and the ODE inits the committed run trained from it (paths from the repository root).
 COMMITTED_TEACHER = "checkpoints/world/teacher.safetensors"
 COMMITTED_ODE_INITS = "checkpoints/ablation"
+TEACHER_SCORES = "teacher-eval.json"            # in OUT, and beside the kept checkpoints (the committed run's too)
 QUICK_PAIRS = 4
 QUICK_MODEL_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim", "text_len")
 QUICK_DATA_FIELDS = ("size", "text_encoder", "text_max_length", "length", "max_objects", "max_start_frame")
@@ -407,7 +411,11 @@ def run_ablation(config: AblationConfig) -> dict:
 
     teacher, record = _teacher(config)
     results["stages"].append(record)
-    scores, reused = evaluate_cached(teacher, config.eval, out / "teacher-eval.json")
+    committed = [Path(config.ode_inits) / TEACHER_SCORES] if config.ode_inits is not None else []
+    scores, reused = evaluate_cached(teacher, config.eval, out / TEACHER_SCORES, reuse_from=committed,
+                                     ignore=LONG_VIDEO_SETTINGS)
+    if (kept / TEACHER_SCORES).resolve() != (out / TEACHER_SCORES).resolve():
+        ckpt.atomic_write(kept / TEACHER_SCORES, lambda tmp: shutil.copyfile(out / TEACHER_SCORES, tmp))
     results["teacher"] = {"weights": teacher, "eval": {**scores, "reused": reused}}
     log.info("teacher: %s, total %.1f at the training length", "scores reused" if reused else "scored",
              scores["train_length"]["total"])

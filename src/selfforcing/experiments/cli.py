@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .ablation import (COMMITTED_ODE_INITS, COMMITTED_TEACHER, DEFAULT_STEPS, METHODS, STAGE_KINDS, VARIANTS,
                        AblationConfig, quick_config, run_ablation)
+from .evaluation import EvalSettings
 
 __all__ = ["add_parser", "run", "parse_steps", "command_line"]
 
@@ -37,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a = sub.add_parser("ablation", help="every method of the paper's comparison, chunk-wise and frame-wise",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("-o", "--out", default="runs/ablation", help="output folder (default: runs/ablation)")
+    d = EvalSettings()                                              # the scoring defaults, named in the help
     a.add_argument("--teacher", default=None,
                    help=f"bidirectional teacher to distil (default: the committed {COMMITTED_TEACHER}; "
                         "trained into OUT/teacher if missing)")
@@ -54,22 +56,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"methods to run (default: all: {', '.join(m.slug for m in METHODS)})")
     a.add_argument("--variants", nargs="+", default=None, choices=[v.name for v in VARIANTS], metavar="VARIANT",
                    help=f"variants to run (default: all: {', '.join(v.name for v in VARIANTS)})")
-    a.add_argument("--n", type=int, default=None, help="held-out prompts scored at the training length (default: 16)")
+    a.add_argument("--n", type=int, default=None,
+                   help=f"held-out prompts scored at the training length (default: {d.num_prompts})")
     a.add_argument("--long-factor", type=int, default=None,
-                   help="long videos are this many times the training length (default: 10)")
-    a.add_argument("--long-prompts", type=int, default=None, help="prompts rolled out as long videos (default: 8)")
+                   help=f"long videos are this many times the training length (default: {d.long_factor})")
+    a.add_argument("--long-prompts", type=int, default=None,
+                   help=f"prompts rolled out as long videos (default: {d.long_prompts})")
     a.add_argument("--long-budget", type=float, default=None,
                    help="seconds of long-video generation per method, estimated from its measured speed; prompts "
-                        "are dropped (all: skipped, with the reason recorded) to fit (default: 450)")
+                        f"are dropped (all: skipped, with the reason recorded) to fit (default: {d.long_budget_s:g})")
     a.add_argument("--window", type=int, default=None,
                    help="frames per drift-curve window (default: the training length)")
     a.add_argument("--reference", type=int, default=None,
-                   help="real videos for the Fréchet distance at the training length (0: skip; default: 64)")
-    a.add_argument("--seed", type=int, default=None, help="generation seed of the first prompt (default: 0)")
-    a.add_argument("--device", default=None, help="torch device of training and generation (default: cpu)")
+                   help="real videos for the Fréchet distance at the training length "
+                        f"(0: skip; default: {d.reference})")
+    a.add_argument("--seed", type=int, default=None, help=f"generation seed of the first prompt (default: {d.seed})")
+    a.add_argument("--device", default=None, help=f"torch device of training and generation (default: {d.device})")
     a.add_argument("--batch-size", type=int, default=None,
-                   help="held-out prompts generated together when scoring (default: 8; the same videos up to "
-                        "rounding)")
+                   help=f"held-out prompts generated together when scoring (default: {d.batch_size}; the same "
+                        "videos up to rounding)")
     a.add_argument("--checkpoints", default=None, metavar="DIR",
                    help="where the scored fp16 copies of the generators go, as VARIANT/METHOD.safetensors "
                         "(default: OUT/checkpoints)")
