@@ -197,6 +197,8 @@ def test_scores_cached_elsewhere_are_reused_and_copied_when_they_match(tmp_path,
     assert evaluation.evaluate_cached(weights, dataclasses.replace(settings, seed=3), cache, reuse_from=[committed],
                                       ignore=LONG_VIDEO_SETTINGS) == ({"n": 3}, False)
     assert committed.read_text() == stored
+    cache.write_text("{not json")                                       # a broken cache is scored again, not fatal
+    assert evaluation.evaluate_cached(weights, settings, cache) == ({"n": 4}, False)
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
