@@ -261,15 +261,16 @@ def evaluate_cached(checkpoint: str | Path, settings: EvalSettings, cache: str |
     cache = Path(cache)
     used = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ignore}
     key = {"settings": used, "step": exported_step(checkpoint), "sha256": file_sha256(checkpoint)}
-    for i, path in enumerate([cache, *map(Path, reuse_from)]):
+    for path in [cache, *map(Path, reuse_from)]:
         try:
-            stored = json.loads(path.read_text()) if path.is_file() else None
+            text = path.read_text() if path.is_file() else None
+            stored = json.loads(text) if text is not None else None
         except (OSError, ValueError):
             log.warning("%s is unreadable: not reused", path)
             stored = None
         if isinstance(stored, dict) and {k: stored.get(k) for k in key} == key:
-            if i:
-                atomic_write(cache, lambda tmp: Path(tmp).write_text(path.read_text()))
+            if path != cache:                                   # found elsewhere: this run's cache gets a copy
+                atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
             return stored["scores"], True
     scores = evaluate_generator(checkpoint, settings)
     atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps({**key, "scores": scores}, indent=2)))
