@@ -92,6 +92,7 @@ def test_quick_mode_scores_every_method_and_variant(quick):
     assert len(teacher["train_length"]["per_video"]["total"]) == 2 and teacher["speed"] is None
     assert teacher["long"]["num_videos"] == 0 and "bidirectional" in teacher["long"]["skipped"]
     assert "## Against the teacher, video by video" in markdown
+    assert f"torch {torch.__version__}) in " in markdown and "of wall-clock." in markdown    # a fresh run: no reuse
 
 
 def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path):
@@ -104,6 +105,7 @@ def test_rerun_skips_finished_stages_and_resumes_unfinished_ones(quick, tmp_path
     assert {s["status"] for s in results["stages"]} == {"skipped"}
     assert all(m["eval"]["reused"] for m in results["methods"]) and results["teacher"]["eval"]["reused"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert "of wall-clock (what an earlier run had trained or scored was reused)." in (out / "results.md").read_text()
     # a stage killed after its last checkpoint but before the export, and one asked for more steps
     (out / "frame-wise" / "sf-dmd" / "generator_ema.safetensors").unlink()
     results = run_ablation(quick_config(str(out), methods=("sf-dmd",), variants=("frame-wise",)))

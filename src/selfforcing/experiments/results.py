@@ -198,10 +198,16 @@ def results_markdown(results: dict, plot_link: str | None = None) -> str:
     checkpoints = results["settings"]["drift_checkpoints"]
     mach = results["machine"]
     at = " / ".join(f"{k}x" for k in checkpoints)
+    took = ""
+    if results.get("complete") and results.get("wall_s") is not None:
+        took = f" in {_seconds(results['wall_s'])} of wall-clock"
+        if any(m["train"].get("status") == "skipped" or m["eval"].get("reused") for m in methods):
+            took += " (what an earlier run had trained or scored was reused)"
     lines = [
         "# Self-Forcing's comparison in the world", "",
         f"Produced by `{results['command']}` on {mach['platform']} ({mach['cpu_count']} CPUs, "
-        f"{mach['torch_threads']} torch threads{', ' + mach['cuda'] if mach.get('cuda') else ''}).", "",
+        f"{mach['torch_threads']} torch threads{', ' + mach['cuda'] if mach.get('cuda') else ''}, "
+        f"torch {mach.get('torch', MISSING)}){took}.", "",
     ]
     if results.get("quick"):
         lines += ["**Quick mode**: tiny untrained models on 16x16 clips, a smoke test of the pipeline; the scores "
