@@ -101,9 +101,11 @@ def test_generate_with_a_bidirectional_teacher(tmp_path):
 
 
 def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(checkpoint, tmp_path, capsys):
-    """--sample-shift / --sample-steps / --guidance replace a multi-step model's stored recipe (and change its
+    """--sample-shift / --sample-steps / --guidance / --sampler replace a multi-step model's stored recipe (and change its
     samples: the same weights and seed give different videos at another shift); a few-step generator, trained
     for its own step list, is refused with one line."""
+    from selfforcing.cli import SAMPLERS
+    from selfforcing.diffusion.samplers import MULTISTEP_SAMPLERS
     from selfforcing.inference.loading import load_pipeline
     from selfforcing.inference.pipeline import SamplingConfig
 
@@ -117,14 +119,20 @@ def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(
 
     pipe, changed = load_pipeline(path, sampling={"shift": 3.0, "steps": 2})
     recipe = changed.sampling
-    assert (recipe.shift, recipe.num_inference_steps, recipe.guidance_scale) == (3.0, 2, 2.0)
+    assert (recipe.shift, recipe.num_inference_steps, recipe.guidance_scale, recipe.sampler) == (3.0, 2, 2.0, "euler")
     assert pipe.sampling == changed.sampling
+    assert load_pipeline(path, sampling={"sampler": "dpmpp-2m"})[0].sampling.sampler == "dpmpp-2m"
+    assert set(SAMPLERS) == set(MULTISTEP_SAMPLERS)          # --sampler's choices, named in the CLI without torch
     videos = {}
     for shift in ("8", "3"):
         out = tmp_path / f"shift{shift}.mp4"
         assert main(["generate", "a blue square", "-o", str(out), "--checkpoint", str(path), "--frames", "4",
                      "--sample-shift", shift]) == 0
         videos[shift] = iio.imread(out).astype(int)
+    out = tmp_path / "dpm.mp4"
+    assert main(["generate", "a blue square", "-o", str(out), "--checkpoint", str(path), "--frames", "4",
+                 "--sampler", "dpmpp-2m"]) == 0
+    assert abs(iio.imread(out).astype(int) - videos["8"]).max() > 5     # another solver (codec rounding: <= 2)
     stored = tmp_path / "stored.mp4"
     assert main(["generate", "a blue square", "-o", str(stored), "--checkpoint", str(path), "--frames", "4"]) == 0
     assert abs(iio.imread(stored).astype(int) - videos["8"]).max() <= 2       # 8 is the stored shift
@@ -136,7 +144,8 @@ def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(
                  ["eval", "--checkpoint", str(checkpoint), "--n", "1", "--guidance", "2"],
                  ["generate", "a red circle", "-o", str(tmp_path / "y.mp4"), "--checkpoint", str(path),
                   "--sample-steps", "0"],
-                 ["eval", "--calibrate", "--guidance", "2"]):
+                 ["eval", "--calibrate", "--guidance", "2"],
+                 ["eval", "--checkpoint", str(checkpoint), "--n", "1", "--sampler", "euler"]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and any(w in err[0] for w in ("few-step generator", "must be positive", "use them with"))

@@ -51,20 +51,26 @@ def _add_generate(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+SAMPLERS = ("dpmpp-2m", "euler")     # diffusion.samplers.MULTISTEP_SAMPLERS, named here to keep torch out of --help
+
+
 def add_sampling_flags(p) -> None:
-    """--sample-steps, --sample-shift, --guidance: a multi-step model's sampling recipe (default: as stored)."""
+    """--sample-steps, --sample-shift, --guidance, --sampler: a multi-step model's sampling recipe (default: as
+    stored)."""
     p.add_argument("--sample-steps", type=int, default=None, metavar="N",
                    help="sampling steps of a multi-step model: a teacher, the TF / DF baselines (default: as stored)")
     p.add_argument("--sample-shift", type=float, default=None, metavar="S",
                    help="shift of a multi-step model's sampling grid (default: as stored)")
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="classifier-free guidance scale of a multi-step model (default: as stored)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="solver of a multi-step model (default: as stored)")
 
 
 def sampling_flags(args) -> dict:
     """The `load_pipeline(sampling=...)` changes that `add_sampling_flags`' options ask for ({} when `args` has
     none of them)."""
-    given = (("shift", "sample_shift"), ("steps", "sample_steps"), ("guidance", "guidance"))
+    given = (("shift", "sample_shift"), ("steps", "sample_steps"), ("guidance", "guidance"), ("sampler", "sampler"))
     return {key: getattr(args, name) for key, name in given if getattr(args, name, None) is not None}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import get_preset
+from ..diffusion.samplers import MULTISTEP_SAMPLERS
 from ..models.codec import LatentNorm, SpaceToDepthCodec, VideoCodec
 from ..models.wan import WanDiT
 from .pipeline import SamplingConfig, StreamingPipeline
@@ -118,9 +119,9 @@ def read_pipeline_spec(path: str | Path) -> PipelineSpec | None:
 
 
 def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int | None = None,
-                  guidance: float | None = None) -> PipelineSpec:
+                  guidance: float | None = None, sampler: str | None = None) -> PipelineSpec:
     """`spec` with its multi-step sampling recipe changed: the shift of the sampling grid, the number of steps,
-    the guidance scale (None: as stored).
+    the guidance scale, the solver ("euler" or "dpmpp-2m"; None: as stored).
 
     Only for models sampled with many steps (a teacher, the TF / DF baselines: `num_inference_steps` set): a
     few-step generator was trained for its own step list and shift, and is refused.
@@ -128,20 +129,22 @@ def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int 
     Raises:
         ValueError: a few-step generator, or a value out of range.
     """
-    if shift is None and steps is None and guidance is None:
+    if shift is None and steps is None and guidance is None and sampler is None:
         return spec
     if spec.sampling.num_inference_steps is None:
         steps_list = ", ".join(f"{t:g}" for t in spec.sampling.denoising_steps)
         raise ValueError(f"this checkpoint is a few-step generator (denoising steps {steps_list}, shift "
-                         f"{spec.sampling.shift:g}): the sampling shift, steps and guidance apply to multi-step models")
+                         f"{spec.sampling.shift:g}): the sampling shift, steps, guidance and solver apply to multi-step models")
     if shift is not None and not shift > 0:
         raise ValueError(f"the sampling shift must be positive, got {shift}")
     if steps is not None and steps < 1:
         raise ValueError(f"the number of sampling steps must be positive, got {steps}")
     if guidance is not None and not guidance > 0:
         raise ValueError(f"the guidance scale must be positive, got {guidance}")
-    changes = {k: v for k, v in (("shift", shift), ("num_inference_steps", steps), ("guidance_scale", guidance))
-               if v is not None}
+    if sampler is not None and sampler not in MULTISTEP_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(sorted(MULTISTEP_SAMPLERS))}")
+    changes = {k: v for k, v in (("shift", shift), ("num_inference_steps", steps), ("guidance_scale", guidance),
+                                 ("sampler", sampler)) if v is not None}
     return dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, **changes))
 
 
