@@ -101,9 +101,9 @@ def test_generate_with_a_bidirectional_teacher(tmp_path):
 
 
 def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(checkpoint, tmp_path, capsys):
-    """--sample-shift / --sample-steps / --guidance / --sampler replace a multi-step model's stored recipe (and change its
-    samples: the same weights and seed give different videos at another shift); a few-step generator, trained
-    for its own step list, is refused with one line."""
+    """--sample-shift / --sample-steps / --guidance / --sampler replace a multi-step model's stored recipe (and
+    change its samples: the same weights and seed give different videos at another shift or solver); a few-step
+    generator, trained for its own step list, is refused with one line."""
     from selfforcing.cli import SAMPLERS
     from selfforcing.diffusion.samplers import MULTISTEP_SAMPLERS
     from selfforcing.inference.loading import load_pipeline

@@ -134,7 +134,8 @@ def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int 
     if spec.sampling.num_inference_steps is None:
         steps_list = ", ".join(f"{t:g}" for t in spec.sampling.denoising_steps)
         raise ValueError(f"this checkpoint is a few-step generator (denoising steps {steps_list}, shift "
-                         f"{spec.sampling.shift:g}): the sampling shift, steps, guidance and solver apply to multi-step models")
+                         f"{spec.sampling.shift:g}): the sampling shift, steps, guidance and solver apply to "
+                         "multi-step models")
     if shift is not None and not shift > 0:
         raise ValueError(f"the sampling shift must be positive, got {shift}")
     if steps is not None and steps < 1:
