@@ -104,8 +104,9 @@ def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(
     """--sample-shift / --sample-steps / --guidance / --sampler replace a multi-step model's stored recipe (and
     change its samples: the same weights and seed give different videos at another shift or solver); a few-step
     generator, trained for its own step list, is refused with one line."""
-    from selfforcing.cli import SAMPLERS
+    from selfforcing.cli import build_parser
     from selfforcing.diffusion.samplers import MULTISTEP_SAMPLERS
+    from selfforcing.inference.loading import read_pipeline_spec, with_sampling
     from selfforcing.inference.loading import load_pipeline
     from selfforcing.inference.pipeline import SamplingConfig
 
@@ -122,7 +123,10 @@ def test_sampling_flags_change_a_teacher_recipe_and_refuse_a_few_step_generator(
     assert (recipe.shift, recipe.num_inference_steps, recipe.guidance_scale, recipe.sampler) == (3.0, 2, 2.0, "euler")
     assert pipe.sampling == changed.sampling
     assert load_pipeline(path, sampling={"sampler": "dpmpp-2m"})[0].sampling.sampler == "dpmpp-2m"
-    assert set(SAMPLERS) == set(MULTISTEP_SAMPLERS)          # --sampler's choices, named in the CLI without torch
+    args = build_parser().parse_args(["eval", "--checkpoint", str(path), "--sampler", "dpmpp-2m"])
+    assert args.sampler == "dpmpp-2m" and set(MULTISTEP_SAMPLERS) == {"euler", "dpmpp-2m"}    # every solver offered
+    with pytest.raises(ValueError, match="unknown sampler"):                     # the API: one clear error
+        with_sampling(read_pipeline_spec(path), sampler="heun")
     videos = {}
     for shift in ("8", "3"):
         out = tmp_path / f"shift{shift}.mp4"

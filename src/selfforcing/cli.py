@@ -51,19 +51,18 @@ def _add_generate(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
-SAMPLERS = ("dpmpp-2m", "euler")     # diffusion.samplers.MULTISTEP_SAMPLERS, named here to keep torch out of --help
-
-
 def add_sampling_flags(p) -> None:
     """--sample-steps, --sample-shift, --guidance, --sampler: a multi-step model's sampling recipe (default: as
     stored)."""
+    from .diffusion.samplers import MULTISTEP_SAMPLERS
+
     p.add_argument("--sample-steps", type=int, default=None, metavar="N",
                    help="sampling steps of a multi-step model: a teacher, the TF / DF baselines (default: as stored)")
     p.add_argument("--sample-shift", type=float, default=None, metavar="S",
                    help="shift of a multi-step model's sampling grid (default: as stored)")
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="classifier-free guidance scale of a multi-step model (default: as stored)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+    p.add_argument("--sampler", choices=sorted(MULTISTEP_SAMPLERS), default=None,
                    help="solver of a multi-step model (default: as stored)")
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..config import get_preset
-from ..diffusion.samplers import MULTISTEP_SAMPLERS
 from ..models.codec import LatentNorm, SpaceToDepthCodec, VideoCodec
 from ..models.wan import WanDiT
 from .pipeline import SamplingConfig, StreamingPipeline
@@ -127,9 +126,11 @@ def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int 
     few-step generator was trained for its own step list and shift, and is refused.
 
     Raises:
-        ValueError: a few-step generator, or a value out of range.
+        ValueError: a few-step generator, a value out of range, or an unknown solver (`SamplingConfig` checks it).
     """
-    if shift is None and steps is None and guidance is None and sampler is None:
+    changes = {k: v for k, v in (("shift", shift), ("num_inference_steps", steps), ("guidance_scale", guidance),
+                                 ("sampler", sampler)) if v is not None}
+    if not changes:
         return spec
     if spec.sampling.num_inference_steps is None:
         steps_list = ", ".join(f"{t:g}" for t in spec.sampling.denoising_steps)
@@ -142,10 +143,6 @@ def with_sampling(spec: PipelineSpec, *, shift: float | None = None, steps: int 
         raise ValueError(f"the number of sampling steps must be positive, got {steps}")
     if guidance is not None and not guidance > 0:
         raise ValueError(f"the guidance scale must be positive, got {guidance}")
-    if sampler is not None and sampler not in MULTISTEP_SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(sorted(MULTISTEP_SAMPLERS))}")
-    changes = {k: v for k, v in (("shift", shift), ("num_inference_steps", steps), ("guidance_scale", guidance),
-                                 ("sampler", sampler)) if v is not None}
     return dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, **changes))
 
 
