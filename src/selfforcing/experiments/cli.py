@@ -90,6 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("-o", "--out", default="runs/codec", help="output folder (default: runs/codec)")
     c.add_argument("--channels", type=int, default=16, help="latent channels of the learned codec (default: 16)")
     c.add_argument("--steps", type=int, default=600, help="autoencoder training steps (default: 600)")
+    c.add_argument("--width", type=int, default=64, help="the autoencoder's base width (default: 64)")
+    c.add_argument("--lr", type=float, default=1e-3, help="the autoencoder's peak learning rate (default: 1e-3)")
+    c.add_argument("--bf16", action="store_true", help="train the autoencoder under bf16 autocast (scoring stays fp32)")
     c.add_argument("--n", type=int, default=16, help="held-out clips scored (default: 16)")
     c.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     c.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
@@ -100,8 +103,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_codec(args: argparse.Namespace) -> dict:
     from .codec import CodecExperimentConfig, format_codec_results, run_codec_experiment
 
-    results = run_codec_experiment(CodecExperimentConfig(out=args.out, channels=args.channels, steps=args.steps,
-                                                         n=args.n, seed=args.seed))
+    config = CodecExperimentConfig(out=args.out, channels=args.channels, width=args.width, steps=args.steps,
+                                   lr=args.lr, autocast="bf16" if args.bf16 else "none", n=args.n, seed=args.seed)
+    results = run_codec_experiment(config)
     text = format_codec_results(results)
     if args.docs:
         Path(args.docs).parent.mkdir(parents=True, exist_ok=True)

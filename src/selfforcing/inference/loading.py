@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import get_preset
-from ..models.codec import LatentNorm, SpaceToDepthCodec, VideoCodec
+from ..models.codec import LatentNorm, LearnedFrameCodec, SpaceToDepthCodec, VideoCodec
 from ..models.wan import WanDiT
 from .pipeline import SamplingConfig, StreamingPipeline
 from .speed import SpeedOptions
@@ -46,8 +46,9 @@ class PipelineSpec:
     Attributes:
         height, width: pixel size of the video.
         fps: frames per second of the written video.
-        codec: "space-to-depth-N" (lossless pixel-space codec with N x N patches) or "wan-vae" (Wan2.1's VAE,
-            loaded from a Wan2.1 folder by `load_wan_pipeline`).
+        codec: "space-to-depth-N" (lossless pixel-space codec with N x N patches), "frame-codec:PATH" (a learned
+            world codec, `LearnedFrameCodec`, read from PATH) or "wan-vae" (Wan2.1's VAE, loaded from a Wan2.1
+            folder by `load_wan_pipeline`).
         latent_mean, latent_std: the fixed latent normalisation the generator was trained with, one value
             per channel group (see `models/codec.py`).
         text_encoder: "minilm" (all-MiniLM-L6-v2 token embeddings) or "umt5" (Wan2.1's, with "wan-vae").
@@ -86,6 +87,8 @@ class PipelineSpec:
 def make_codec(spec: PipelineSpec) -> VideoCodec:
     if spec.codec.startswith("space-to-depth-"):
         return SpaceToDepthCodec(int(spec.codec.rsplit("-", 1)[1]), LatentNorm(spec.latent_mean, spec.latent_std))
+    if spec.codec.startswith("frame-codec:"):
+        return LearnedFrameCodec.from_file(spec.codec.split(":", 1)[1])
     if spec.codec == "wan-vae":
         raise ValueError("this generator runs on Wan VAE latents: pass --model-dir WAN2.1_FOLDER (the VAE and UMT5)")
     raise ValueError(f"unknown codec {spec.codec!r}")

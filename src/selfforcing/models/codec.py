@@ -5,7 +5,10 @@ decode chunk by chunk as the generator finishes them, through `decoder()`, a sta
 `decode(latent_chunk)` returns the chunk's pixels; concatenating its outputs equals one `decode` call.
 
 `SpaceToDepthCodec` is the lossless pixel-space codec of the synthetic world: each p x p patch of pixels
-becomes 3*p*p channels, one latent frame per video frame, followed by a fixed `LatentNorm`.
+becomes 3*p*p channels, one latent frame per video frame, followed by a fixed `LatentNorm`. `LearnedFrameCodec`
+is the alternative the world can train on instead (`data.codec_file`): a small per-frame autoencoder
+(`FrameAutoencoder`, trained by `selfforcing experiment codec`) to fewer channels at the same 1/4 resolution,
+stored with its latents' per-channel mean and standard deviation in one safetensors file.
 
 Latent normalisation. Wan's VAE latents are normalised as `z = (mu - mean) / std` with fixed constants
 (spec §2) so that diffusion works on roughly unit-variance data. The world's space-to-depth latents are pixels
@@ -18,12 +21,17 @@ latent channels colour-major (`c p q`), so each RGB value is repeated over that 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from einops import rearrange
+from torch import nn
 
-__all__ = ["VideoCodec", "CausalVideoCodec", "SpaceToDepthCodec", "LatentNorm", "WORLD_LATENT_NORM", "IDENTITY_LATENT_NORM", "to_uint8"]
+__all__ = ["VideoCodec", "CausalVideoCodec", "SpaceToDepthCodec", "LearnedFrameCodec", "FrameAutoencoder",
+           "LatentNorm", "WORLD_LATENT_NORM", "IDENTITY_LATENT_NORM", "to_uint8", "learned_codec_channels"]
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -146,3 +154,120 @@ class SpaceToDepthCodec(VideoCodec):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         p = self.spatial_factor
         return rearrange(self.norm.denormalize(latents), "b t (c p q) h w -> b t c (h p) (w q)", p=p, q=p)
+
+
+class _Res(nn.Module):
+    """Pre-activation residual block: x + conv(silu(norm(conv(silu(norm(x))))))."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
+                                  nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class FrameAutoencoder(nn.Module):
+    """(N, 3, H, W) in [-1, 1] <-> (N, channels, H/4, W/4): two stride-2 stages each way, a pre-activation
+    residual block (GroupNorm, SiLU) at every resolution. `width` must be a multiple of 16."""
+
+    def __init__(self, channels: int = 16, width: int = 64):
+        super().__init__()
+        if width % 16:
+            raise ValueError(f"the autoencoder's width must be a multiple of 16, got {width}")
+        w = width
+        self.channels, self.width = channels, width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, w // 2, 3, padding=1), _Res(w // 2),
+            nn.Conv2d(w // 2, w, 4, stride=2, padding=1), _Res(w),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), _Res(2 * w),
+            nn.GroupNorm(8, 2 * w), nn.SiLU(), nn.Conv2d(2 * w, channels, 1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(channels, 2 * w, 3, padding=1), _Res(2 * w),
+            nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1), _Res(w),
+            nn.Upsample(scale_factor=2), nn.Conv2d(w, w // 2, 3, padding=1), _Res(w // 2),
+            nn.GroupNorm(8, w // 2), nn.SiLU(), nn.Conv2d(w // 2, 3, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return self.decoder(z), z
+
+
+LEARNED_CODEC_FORMAT = "selfforcing-frame-codec"
+
+
+def _codec_header(path: str) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no codec file at {path}")
+    return _read_codec_header(path, Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _read_codec_header(path: str, mtime_ns: int) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != LEARNED_CODEC_FORMAT:
+        raise ValueError(f"{path} is not a learned world codec (`selfforcing experiment codec` writes one)")
+    return json.loads(meta["codec"])
+
+
+def learned_codec_channels(path: str | Path) -> int:
+    """Latent channels of the codec stored at `path`, read from its header alone."""
+    return int(_codec_header(str(path))["channels"])
+
+
+class LearnedFrameCodec(VideoCodec):
+    """A `FrameAutoencoder` applied frame by frame, (B, T, 3, H, W) <-> (B, T, C, H/4, W/4), followed by a
+    per-channel `LatentNorm` measured on its training frames. Runs in fp32, `chunk` frames at a time."""
+
+    spatial_factor = 4
+
+    def __init__(self, module: FrameAutoencoder, norm: LatentNorm, chunk: int = 64):
+        self.module = module.eval().requires_grad_(False)
+        self.norm = norm
+        self.latent_channels = module.channels
+        self.chunk = chunk
+
+    def _frames(self, fn, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        flat = x.reshape(b * t, *x.shape[2:]).float()
+        param = next(self.module.parameters())
+        with torch.autocast(param.device.type, enabled=False):             # fp32 also inside a training step
+            out = [fn(part.to(param.device)).to(x.device) for part in flat.split(self.chunk)]
+        y = torch.cat(out)
+        return y.reshape(b, t, *y.shape[1:])
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.norm.normalize(self._frames(self.module.encoder, video))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._frames(self.module.decoder, self.norm.denormalize(latents.float())).clamp(-1, 1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights and header (channels, width, latent mean / std) atomically to one safetensors file."""
+        from safetensors.torch import save_file
+
+        from ..io.checkpoints import atomic_write
+
+        header = {"channels": self.module.channels, "width": self.module.width, "latent_mean": list(self.norm.mean),
+                  "latent_std": list(self.norm.std)}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        meta = {"format": LEARNED_CODEC_FORMAT, "codec": json.dumps(header)}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "LearnedFrameCodec":
+        from safetensors.torch import load_file
+
+        header = _codec_header(str(path))
+        module = FrameAutoencoder(int(header["channels"]), int(header["width"]))
+        module.load_state_dict(load_file(str(path)))
+        norm = LatentNorm(tuple(header["latent_mean"]), tuple(header["latent_std"]))
+        return cls(module, norm)

@@ -73,6 +73,9 @@ class DataConfig:
             of the guided real score (DMD / SiD) and of ODE-pair sampling (the published runs use Wan's
             negative prompt; "" is the empty prompt).
         codec_patch: p of the lossless `SpaceToDepthCodec(p)` (latent channels 3 p²).
+        codec_file: a learned world codec (`LearnedFrameCodec`, the codec.safetensors of `selfforcing experiment
+            codec`) to encode the world's clips with instead of the space-to-depth codec: latent channels are
+            the codec's, at 1/4 resolution; its own latent statistics replace `latent_norm`. None: the pixel codec.
         latent_norm: "world" (fixed per-channel normalisation, `models/codec.py`) or "none"; ignored with
             `latent_shape` (Wan latents come normalised by the VAE).
         latent_shape: (C, H, W) of a latent frame for runs without the world codec, e.g. (16, 60, 104) for Wan
@@ -104,6 +107,7 @@ class DataConfig:
     text_max_length: int = 64
     negative_prompt: str = ""
     codec_patch: int = 4
+    codec_file: str | None = None
     latent_norm: Literal["world", "none"] = "world"
     latent_shape: tuple[int, int, int] | None = None
     num_workers: int = 0
@@ -115,6 +119,11 @@ class DataConfig:
             raise ValueError("length, num_frames, size, max_objects, codec_patch and text_max_length must be positive")
         if self.size % self.codec_patch:
             raise ValueError(f"size {self.size} is not a multiple of codec_patch {self.codec_patch}")
+        if self.codec_file is not None and self.latent_shape is not None:
+            raise ValueError("data.codec_file encodes the world's clips; data.latent_shape is for runs in a given "
+                             "latent space: set one of them")
+        if self.codec_file is not None and self.size % 4:
+            raise ValueError(f"size {self.size} is not a multiple of the learned codec's factor 4")
         if not 0.0 <= self.detailed_caption_prob <= 1.0:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
         if not 0.0 <= self.colour_synonyms <= 1.0:
@@ -350,7 +359,9 @@ class TrainConfig:
         if self.data.text_max_length > self.model.text_len:
             raise ValueError(f"data.text_max_length {self.data.text_max_length} exceeds model.text_len "
                              f"{self.model.text_len}")
-        channels, where = self.latent_channels, ("data.latent_shape" if self.data.latent_shape else "the codec")
+        channels = self.latent_channels
+        where = "data.latent_shape" if self.data.latent_shape else "data.codec_file" if self.data.codec_file \
+            else "the codec"
         if self.model.in_dim != channels or self.model.out_dim != channels:
             raise ValueError(f"{where} gives {channels} latent channels but model.in_dim / out_dim are "
                              f"{self.model.in_dim} / {self.model.out_dim}")
@@ -377,17 +388,22 @@ class TrainConfig:
 
     @property
     def latent_channels(self) -> int:
-        """C of a latent frame: `data.latent_shape`'s, or the world codec's 3 p²."""
+        """C of a latent frame: `data.latent_shape`'s, the learned codec's, or the pixel codec's 3 p²."""
         if self.data.latent_shape is not None:
             return self.data.latent_shape[0]
+        if self.data.codec_file is not None:
+            from ..models.codec import learned_codec_channels
+
+            return learned_codec_channels(self.data.codec_file)
         return 3 * self.data.codec_patch**2
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        """(H, W) of a latent frame: `data.latent_shape`'s, or the world codec's size / p."""
+        """(H, W) of a latent frame: `data.latent_shape`'s, the learned codec's size / 4, or the pixel codec's
+        size / p."""
         if self.data.latent_shape is not None:
             return self.data.latent_shape[1], self.data.latent_shape[2]
-        side = self.data.size // self.data.codec_patch
+        side = self.data.size // (4 if self.data.codec_file is not None else self.data.codec_patch)
         return side, side
 
 

@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..algorithms.base import Batch
-from ..models.codec import IDENTITY_LATENT_NORM, WORLD_LATENT_NORM, LatentNorm
-from ..models.codec import SpaceToDepthCodec
+from ..models.codec import (IDENTITY_LATENT_NORM, WORLD_LATENT_NORM, LatentNorm, LearnedFrameCodec, SpaceToDepthCodec,
+                            VideoCodec)
 from ..text.encoders import TextEncoder
 from ..world.dataset import WorldDataConfig, WorldDataset
 from ..world.prompts import vary_colour_words
@@ -46,7 +46,7 @@ from .config import DataConfig, TrainConfig
 __all__ = [
     "HashTextEncoder", "make_text_encoder", "read_prompt_file", "latent_norm", "sample_index", "sample_seed",
     "shared_seed", "is_image_step", "step_samples", "image_stream_seed", "micro_positions", "MicroBatches",
-    "make_loader", "to_batch",
+    "make_loader", "to_batch", "world_codec",
 ]
 
 # UMT5 embeddings are (512, 4096) float32, 8 MiB a prompt: keep few (the negative prompt stays cached).
@@ -110,10 +110,18 @@ def read_prompt_file(path: str) -> list[str]:
 
 def latent_norm(config: DataConfig) -> LatentNorm:
     """The world codec's latent normalisation; the identity for runs in a given latent space (Wan latents come
-    normalised by the VAE)."""
-    if config.latent_shape is not None:
+    normalised by the VAE) and for a learned world codec (`data.codec_file`, which normalises its own latents)."""
+    if config.latent_shape is not None or config.codec_file is not None:   # a learned codec normalises itself
         return IDENTITY_LATENT_NORM
     return WORLD_LATENT_NORM if config.latent_norm == "world" else IDENTITY_LATENT_NORM
+
+
+def world_codec(config: DataConfig) -> VideoCodec:
+    """The codec that turns the world's clips into the run's latents: the learned one of `data.codec_file`, or
+    the lossless `SpaceToDepthCodec(data.codec_patch)` (followed by `latent_norm`)."""
+    if config.codec_file is not None:
+        return LearnedFrameCodec.from_file(config.codec_file)
+    return SpaceToDepthCodec(config.codec_patch)
 
 
 # ------------------------------------------------------------------------------------------- data order
@@ -281,7 +289,7 @@ class LatentEncoder:
     """Pixels -> normalised latents, and captions (and the negative prompt) -> embeddings, on the training
     device."""
 
-    codec: SpaceToDepthCodec
+    codec: VideoCodec
     norm: LatentNorm
     text_encoder: TextEncoder
     device: torch.device
@@ -307,5 +315,5 @@ class LatentEncoder:
 
 def to_batch(config: TrainConfig, text_encoder: TextEncoder, device: torch.device | str) -> LatentEncoder:
     """The function turning a loader item into a `Batch` on `device`."""
-    return LatentEncoder(SpaceToDepthCodec(config.data.codec_patch), latent_norm(config.data), text_encoder,
+    return LatentEncoder(world_codec(config.data), latent_norm(config.data), text_encoder,
                          torch.device(device), config.data.negative_prompt)

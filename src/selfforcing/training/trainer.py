@@ -43,7 +43,6 @@ from ..inference.pipeline import SamplingConfig, StreamingPipeline
 from ..inference.teacher import decode_to_uint8, sample_teacher
 from ..inference.wan import wan_pipeline_spec
 from ..io.checkpoints import describe_checkpoint, load_transformer
-from ..models.codec import SpaceToDepthCodec
 from ..models.discriminator import Discriminator
 from ..models.wan import WanDiT, grow_depth
 from ..models.wan_vae import WanVAE
@@ -51,7 +50,7 @@ from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
 from . import parallel
 from .config import OptimConfig, TrainConfig
-from .data import latent_norm, make_loader, make_text_encoder, step_samples, to_batch
+from .data import latent_norm, make_loader, make_text_encoder, step_samples, to_batch, world_codec
 from .ema import EMA
 from .overrides import config_diff
 
@@ -271,8 +270,9 @@ def _pipeline_spec(config: TrainConfig) -> PipelineSpec:
                                    text_max_length=d.text_max_length, train_frames=d.num_frames,
                                    sampling=_sampling(config))
     norm = latent_norm(d)
+    codec = f"frame-codec:{d.codec_file}" if d.codec_file is not None else f"space-to-depth-{d.codec_patch}"
     return PipelineSpec(
-        height=d.size, width=d.size, codec=f"space-to-depth-{d.codec_patch}", latent_mean=norm.mean,
+        height=d.size, width=d.size, codec=codec, latent_mean=norm.mean,
         latent_std=norm.std, text_encoder=d.text_encoder,
         text_max_length=d.text_max_length, train_frames=d.num_frames, sampling=_sampling(config),
     )
@@ -470,7 +470,7 @@ class Trainer:
             latents = entry.preview(cfg, net, context, null, cfg.seed)
         if writer is None or not self.ctx.is_main:
             return
-        video = decode_to_uint8(latents, SpaceToDepthCodec(cfg.data.codec_patch), latent_norm(cfg.data)).numpy()
+        video = decode_to_uint8(latents, world_codec(cfg.data), latent_norm(cfg.data)).numpy()
         for i, (prompt, clip) in enumerate(zip(prompts, video)):
             writer.add_image(f"preview/{i}", video_strip(clip), self.step, dataformats="HWC")
             writer.add_text(f"preview/{i}/prompt", prompt, self.step)
