@@ -5,13 +5,13 @@ alternative, as Wan does with its VAE, is a learned autoencoder to fewer channel
 experiment trains such an autoencoder (per frame, stride 4, `channels` latent channels, so the DiT keeps its 2x2
 patches and 64 tokens per frame) on world frames and measures:
 
-The autoencoder and its latents' per-channel statistics are written to OUT/codec.safetensors, which a world run
-trains on with `--set data.codec_file=OUT/codec.safetensors model.in_dim=C model.out_dim=C`.
-
 - quality: PSNR of held-out clips through the round trip, and the evaluator's scores of the round-tripped clips
   next to those of the same clips untouched (the ceiling a model in that space could reach);
 - cost: encode and decode time per frame, and the time of one teacher training step (forward and backward,
   batch 4 of 21 frames) with the learned codec's input width against the pixel codec's.
+
+The autoencoder and its latents' per-channel statistics are written to OUT/codec.safetensors, which a world run
+trains on with `--set data.codec_file=OUT/codec.safetensors model.in_dim=C model.out_dim=C`.
 
     selfforcing experiment codec -o runs/codec [--steps 600] [--channels 16] [--width 64] [--bf16]
 """
