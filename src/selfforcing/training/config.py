@@ -23,6 +23,7 @@ from ..algorithms.distillation import DistillConfig
 from ..algorithms.ode_init import ODEInitConfig
 from ..algorithms.teacher import TeacherConfig
 from ..config import WanConfig, get_preset
+from ..models.codec import LearnedFrameCodec, learned_codec_channels
 from ..world import vocab
 from .overrides import apply_overrides, config_from_dict, config_to_dict
 
@@ -122,8 +123,9 @@ class DataConfig:
         if self.codec_file is not None and self.latent_shape is not None:
             raise ValueError("data.codec_file encodes the world's clips; data.latent_shape is for runs in a given "
                              "latent space: set one of them")
-        if self.codec_file is not None and self.size % 4:
-            raise ValueError(f"size {self.size} is not a multiple of the learned codec's factor 4")
+        if self.codec_file is not None and self.size % LearnedFrameCodec.spatial_factor:
+            raise ValueError(f"size {self.size} is not a multiple of the learned codec's factor "
+                             f"{LearnedFrameCodec.spatial_factor}")
         if not 0.0 <= self.detailed_caption_prob <= 1.0:
             raise ValueError("detailed_caption_prob must lie in [0, 1]")
         if not 0.0 <= self.colour_synonyms <= 1.0:
@@ -392,8 +394,6 @@ class TrainConfig:
         if self.data.latent_shape is not None:
             return self.data.latent_shape[0]
         if self.data.codec_file is not None:
-            from ..models.codec import learned_codec_channels
-
             return learned_codec_channels(self.data.codec_file)
         return 3 * self.data.codec_patch**2
 
@@ -403,7 +403,8 @@ class TrainConfig:
         size / p."""
         if self.data.latent_shape is not None:
             return self.data.latent_shape[1], self.data.latent_shape[2]
-        side = self.data.size // (4 if self.data.codec_file is not None else self.data.codec_patch)
+        factor = LearnedFrameCodec.spatial_factor if self.data.codec_file is not None else self.data.codec_patch
+        side = self.data.size // factor
         return side, side
 
 
