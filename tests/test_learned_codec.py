@@ -37,6 +37,20 @@ def test_codec_file_round_trips(codec_file):
     assert torch.allclose(codec.norm.denormalize(z), raw, atol=1e-5)   # the stored statistics normalise it
 
 
+
+def test_bf16_encoding_is_close_to_fp32_and_used_by_bf16_runs(tmp_path, codec_file):
+    path, codec = codec_file
+    fast = LearnedFrameCodec.from_file(path, encode_bf16=True)
+    video = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    z, z_bf16 = codec.encode(video), fast.encode(video)
+    assert z_bf16.dtype == torch.float32 and not torch.equal(z_bf16, z)  # bf16 did run
+    assert (z_bf16 - z).pow(2).mean().sqrt() < 0.05 * z.pow(2).mean().sqrt()
+    assert torch.equal(fast.decode(z), codec.decode(z))                 # decoding stays fp32
+    for autocast, bf16 in (("bf16", True), ("fp32", False)):
+        cfg = resolve_config("teacher-tiny", [f"data.codec_file={path}", "model.in_dim=4", "model.out_dim=4",
+                                              f"precision.autocast={autocast}"], out_dir=str(tmp_path))
+        assert to_batch(cfg, make_text_encoder(cfg.data, cfg.model.text_dim), "cpu").codec.encode_bf16 is bf16
+
 def test_other_files_are_refused(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not a learned world codec"):

@@ -116,11 +116,12 @@ def latent_norm(config: DataConfig) -> LatentNorm:
     return WORLD_LATENT_NORM if config.latent_norm == "world" else IDENTITY_LATENT_NORM
 
 
-def world_codec(config: DataConfig) -> VideoCodec:
-    """The codec that turns the world's clips into the run's latents: the learned one of `data.codec_file`, or
-    the lossless `SpaceToDepthCodec(data.codec_patch)` (followed by `latent_norm`)."""
+def world_codec(config: DataConfig, encode_bf16: bool = False) -> VideoCodec:
+    """The codec that turns the world's clips into the run's latents: the learned one of `data.codec_file`
+    (encoding under bf16 autocast with `encode_bf16`), or the lossless `SpaceToDepthCodec(data.codec_patch)`
+    (followed by `latent_norm`)."""
     if config.codec_file is not None:
-        return LearnedFrameCodec.from_file(config.codec_file)
+        return LearnedFrameCodec.from_file(config.codec_file, encode_bf16=encode_bf16)
     return SpaceToDepthCodec(config.codec_patch)
 
 
@@ -314,6 +315,8 @@ class LatentEncoder:
 
 
 def to_batch(config: TrainConfig, text_encoder: TextEncoder, device: torch.device | str) -> LatentEncoder:
-    """The function turning a loader item into a `Batch` on `device`."""
-    return LatentEncoder(world_codec(config.data), latent_norm(config.data), text_encoder,
+    """The function turning a loader item into a `Batch` on `device`; a learned codec encodes in bf16 when the
+    run trains in bf16 (`precision.autocast`, resolved by the trainer)."""
+    bf16 = config.precision.autocast == "bf16"
+    return LatentEncoder(world_codec(config.data, encode_bf16=bf16), latent_norm(config.data), text_encoder,
                          torch.device(device), config.data.negative_prompt)
