@@ -73,10 +73,40 @@ def test_a_world_run_trains_and_generates_through_the_learned_codec(tmp_path, co
     logs = Trainer(cfg).fit()
     assert np.isfinite(logs["model/loss"])
     pipe, spec = load_pipeline(tmp_path / "run" / "model_ema.safetensors", text_encoder=text)
-    assert spec.codec == f"frame-codec:{path}" and isinstance(pipe.codec, LearnedFrameCodec)
+    assert spec.codec == "frame-codec:../codec.safetensors"              # relative to the checkpoint's folder
+    assert isinstance(pipe.codec, LearnedFrameCodec)
     video = pipe("a red circle", num_frames=2, seeds=0)
     assert video.frames.shape == (1, 2, 3, 16, 16)
     assert torch.allclose(video.frames, codec.decode(video.latents), atol=1e-6)
+
+
+def test_a_checkpoint_finds_its_codec_from_anywhere_and_beside_it(tmp_path, codec_file, monkeypatch):
+    import shutil
+
+    from selfforcing.inference.loading import load_pipeline, read_pipeline_spec, resolve_codec_file
+
+    path, codec = codec_file
+    cfg = resolve_config("teacher-tiny", [f"data.codec_file={path}", "model.in_dim=4", "model.out_dim=4",
+                                          "schedule.steps=1"], out_dir=str(tmp_path / "run"))
+    Trainer(cfg).fit()
+    text = make_text_encoder(cfg.data, cfg.model.text_dim)
+    model = tmp_path / "run" / "model_ema.safetensors"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                                        # the stored path is not the cwd's
+    pipe, _ = load_pipeline(model, text_encoder=text)
+    assert torch.equal(pipe.codec.encode(torch.zeros(1, 1, 3, 16, 16)), codec.encode(torch.zeros(1, 1, 3, 16, 16)))
+    shipped = tmp_path / "shipped"                                      # a model shipped beside its codec
+    shipped.mkdir()
+    shutil.copy(model, shipped / "teacher.safetensors")
+    shutil.move(path, shipped / "codec.safetensors")
+    spec = read_pipeline_spec(shipped / "teacher.safetensors")
+    found = resolve_codec_file(spec.codec.split(":", 1)[1], shipped / "teacher.safetensors")
+    assert found == shipped / "codec.safetensors"
+    load_pipeline(shipped / "teacher.safetensors", text_encoder=text)
+    (shipped / "codec.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no codec file at ../codec.safetensors"):
+        load_pipeline(shipped / "teacher.safetensors", text_encoder=text)
 
 
 def test_learned_codec_config_errors(tmp_path, codec_file):

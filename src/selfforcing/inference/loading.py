@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,7 +29,9 @@ __all__ = [
     "load_pipeline",
     "with_sampling",
     "default_checkpoint",
+    "anchor_codec",
     "make_codec",
+    "resolve_codec_file",
     "make_text_encoder",
     "read_pipeline_spec",
     "PIPELINE_METADATA_KEY",
@@ -84,11 +87,44 @@ class PipelineSpec:
         return cls(sampling=SamplingConfig(**sampling), **d)
 
 
-def make_codec(spec: PipelineSpec) -> VideoCodec:
+FRAME_CODEC_PREFIX = "frame-codec:"
+
+
+def anchor_codec(spec: PipelineSpec, checkpoint: str | Path) -> PipelineSpec:
+    """`spec` as stored in the file `checkpoint`: a learned codec's path made relative to the checkpoint's
+    folder, so that a checkpoint and its codec can move together (see `resolve_codec_file`)."""
+    if not spec.codec.startswith(FRAME_CODEC_PREFIX):
+        return spec
+    codec_file = Path(spec.codec[len(FRAME_CODEC_PREFIX):]).resolve()
+    relative = Path(os.path.relpath(codec_file, Path(checkpoint).resolve().parent)).as_posix()
+    return dataclasses.replace(spec, codec=FRAME_CODEC_PREFIX + relative)
+
+
+def resolve_codec_file(path: str, checkpoint: str | Path | None = None) -> Path:
+    """The learned codec file a spec names: an absolute path as it is; a relative one against the checkpoint's
+    folder (how checkpoints store it), then against the working directory (older checkpoints), then the same
+    file name in the checkpoint's folder (a model shipped beside its codec).
+
+    Raises:
+        FileNotFoundError: none of these is a file.
+    """
+    given = Path(path)
+    folder = Path(checkpoint).parent if checkpoint is not None else None
+    candidates = [given] if given.is_absolute() or folder is None else [folder / given, given, folder / given.name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = f" (nor relative to the checkpoint's folder {folder})" if folder is not None else ""
+    raise FileNotFoundError(f"no codec file at {path}{where}")
+
+
+def make_codec(spec: PipelineSpec, checkpoint: str | Path | None = None) -> VideoCodec:
+    """The codec `spec` names; `checkpoint`: the file the spec came from, against which a learned codec's
+    relative path is resolved."""
     if spec.codec.startswith("space-to-depth-"):
         return SpaceToDepthCodec(int(spec.codec.rsplit("-", 1)[1]), LatentNorm(spec.latent_mean, spec.latent_std))
-    if spec.codec.startswith("frame-codec:"):
-        return LearnedFrameCodec.from_file(spec.codec.split(":", 1)[1])
+    if spec.codec.startswith(FRAME_CODEC_PREFIX):
+        return LearnedFrameCodec.from_file(resolve_codec_file(spec.codec[len(FRAME_CODEC_PREFIX):], checkpoint))
     if spec.codec == "wan-vae":
         raise ValueError("this generator runs on Wan VAE latents: pass --model-dir WAN2.1_FOLDER (the VAE and UMT5)")
     raise ValueError(f"unknown codec {spec.codec!r}")
@@ -206,7 +242,7 @@ def load_pipeline(
     if sampling:
         spec = with_sampling(spec, **sampling)
     generator = generator.to(device=device, dtype=dtype or generator.dtype)
-    codec = make_codec(spec)
+    codec = make_codec(spec, checkpoint)
     if codec.latent_channels != generator.config.in_dim:
         raise ValueError(
             f"codec {spec.codec} gives {codec.latent_channels} channels but the model takes {generator.config.in_dim}"

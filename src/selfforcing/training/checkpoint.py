@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import WanConfig
-from ..inference.loading import PIPELINE_METADATA_KEY, PipelineSpec
+from ..inference.loading import PIPELINE_METADATA_KEY, PipelineSpec, anchor_codec
 from ..io.checkpoints import atomic_write, save_transformer
 from ..models.wan import WanDiT
 
@@ -126,7 +126,7 @@ def export_weights(
         model = WanDiT(model_config)
     model.load_state_dict(state, strict=True, assign=True)
     metadata = {
-        PIPELINE_METADATA_KEY: json.dumps(spec.to_dict()),
+        PIPELINE_METADATA_KEY: json.dumps(anchor_codec(spec, path).to_dict()),
         TRAIN_CONFIG_KEY: json.dumps(train_config),
         STEP_KEY: str(step),
         LATENT_NORM_KEY: json.dumps(latent_norm),
