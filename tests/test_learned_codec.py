@@ -116,3 +116,40 @@ def test_learned_codec_config_errors(tmp_path, codec_file):
     with pytest.raises(ValueError, match="set one of them"):
         resolve_config("teacher-tiny", [f"data.codec_file={path}", "data.latent_shape=[4,4,4]"],
                        out_dir=str(tmp_path))
+
+
+def test_ode_pairs_and_the_denoising_and_tracking_evals_read_a_learned_codec_model(tmp_path, codec_file, capsys):
+    import dataclasses
+    import json
+    import math
+
+    from selfforcing.cli import main
+    from selfforcing.config import get_preset
+    from selfforcing.inference.loading import PIPELINE_METADATA_KEY, PipelineSpec
+    from selfforcing.io.ode_pairs import ODEPairDataset
+    from selfforcing.io.checkpoints import save_transformer
+    from selfforcing.models.wan import WanDiT
+    from selfforcing.training.ode_pairs import ODEPairsConfig, generate_ode_pairs
+
+    path, _ = codec_file
+    cfg = resolve_config("teacher-tiny", [f"data.codec_file={path}", "model.in_dim=4", "model.out_dim=4",
+                                          "schedule.steps=1"], out_dir=str(tmp_path / "teacher"))
+    Trainer(cfg).fit()
+    generate_ode_pairs(ODEPairsConfig(teacher=str(tmp_path / "teacher" / "model_ema.safetensors"),
+                                      out=str(tmp_path / "pairs"), n=2, num_steps=4, num_frames=3, batch_size=2,
+                                      guidance=2.0), progress=False)
+    assert tuple(ODEPairDataset(tmp_path / "pairs").shape[1:]) == (3, 4, 4, 4)   # the codec's latent frames
+    init = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="ode-pairs",
+                                                             ode_pairs=str(tmp_path / "pairs")))
+    assert MicroBatches(init)[0]["trajectory"].shape[-4:] == (3, 4, 4, 4)     # an ODE init on the codec reads them
+
+    model = WanDiT(get_preset("world").replace(dim=64, ffn_dim=128, num_heads=2, num_layers=1, in_dim=4, out_dim=4))
+    with torch.no_grad():
+        model.head.head.weight.normal_(std=0.05)
+    world = tmp_path / "world.safetensors"                               # 64x64 world clips through the codec
+    spec = PipelineSpec(codec=f"frame-codec:{path}", train_frames=9)
+    save_transformer(model, world, extra_metadata={PIPELINE_METADATA_KEY: json.dumps(spec.to_dict())})
+    assert main(["eval", "--denoising", str(world), "--n", "2", "--json"]) == 0
+    assert all(math.isfinite(r["x0_mse"]) for r in json.loads(capsys.readouterr().out))
+    assert main(["eval", "--tracking", str(world), "--n", "2", "--json"]) == 0
+    assert math.isfinite(json.loads(capsys.readouterr().out)["tracking"])

@@ -74,7 +74,8 @@ def _world_pipeline(checkpoint: str, device: str, flag: str):
     from selfforcing.inference.loading import load_pipeline
 
     pipe, spec = load_pipeline(checkpoint, device=device)
-    if pipe.codec is None or pipe.text_encoder is None or spec.codec != "space-to-depth-4":
+    world_codec = spec.codec.startswith(("space-to-depth-", "frame-codec:"))  # the pixel or a learned world codec
+    if pipe.codec is None or pipe.text_encoder is None or not world_codec:
         raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
                          f"{flag} reads world clips")
     return pipe, spec
@@ -120,7 +121,8 @@ def motion_tracking(model, codec, encode, scenes, *, frames: int, sigma: float =
 
     Args:
         model: a bidirectional world model (x, t, context) -> velocity.
-        codec: the world's latent codec (`encode`), one latent cell per `codec.patch` pixels.
+        codec: the world's latent codec (`encode`), pixel or learned, one latent cell per `codec.spatial_factor`
+            pixels.
         encode: captions -> text context.
         scenes: from `tracking_scenes`; their objects move in straight lines (no wrap within the clip).
         frames: clip length in frames.

@@ -142,18 +142,19 @@ def _encoder_and_latents(config: ODEPairsConfig, teacher, device: torch.device) 
         shape = tuple(config.latent_shape)
         guidance = config.guidance if config.guidance is not None else SPEC_GUIDANCE
     else:
-        from ..inference.loading import make_text_encoder, read_pipeline_spec
+        from ..inference.loading import make_codec, make_text_encoder, read_pipeline_spec
 
         spec = read_pipeline_spec(config.teacher)
         if spec is None:
             raise ValueError(f"{config.teacher} records no pipeline spec (text encoder, size): give the text encoder "
                              "path and the latent shape (--text-encoder-path, --latent-shape), or train it with "
                              "`selfforcing train`")
-        if not spec.codec.startswith("space-to-depth-"):
+        if spec.codec == "wan-vae":
             raise ValueError(f"{config.teacher} was trained on {spec.codec} latents: give --text-encoder-path and "
                              "--latent-shape")
-        patch = int(spec.codec.rsplit("-", 1)[1])
-        shape = (3 * patch**2, spec.height // patch, spec.width // patch)
+        codec = make_codec(spec, config.teacher)                            # the world's, or a learned codec
+        factor = codec.spatial_factor
+        shape = (codec.latent_channels, spec.height // factor, spec.width // factor)
         guidance = config.guidance if config.guidance is not None else spec.sampling.guidance_scale
         if spec.text_encoder == "hash":                                     # the test stand-in
             from .data import HashTextEncoder
