@@ -94,6 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--lr", type=float, default=1e-3, help="the autoencoder's peak learning rate (default: 1e-3)")
     c.add_argument("--bf16", action="store_true", help="train the autoencoder under bf16 autocast (scoring stays fp32)")
     c.add_argument("--n", type=int, default=16, help="held-out clips scored (default: 16)")
+    c.add_argument("--reference", type=int, default=64,
+                   help="real training clips the Fréchet distances are measured against (0: none; default: 64)")
+    c.add_argument("--score", default=None, metavar="CODEC",
+                   help="score this codec file (a codec.safetensors) instead of training one: OUT/score.json")
     c.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     c.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
     c.set_defaults(func=run_codec)
@@ -104,14 +108,35 @@ def run_codec(args: argparse.Namespace) -> dict:
     from .codec import CodecExperimentConfig, format_codec_results, run_codec_experiment
 
     config = CodecExperimentConfig(out=args.out, channels=args.channels, width=args.width, steps=args.steps,
-                                   lr=args.lr, autocast="bf16" if args.bf16 else "none", n=args.n, seed=args.seed)
-    results = run_codec_experiment(config)
-    text = format_codec_results(results)
+                                   lr=args.lr, autocast="bf16" if args.bf16 else "none", n=args.n,
+                                   reference=args.reference, seed=args.seed)
+    if args.score is not None:
+        results, text = score_codec_file(args.score, config)
+    else:
+        results = run_codec_experiment(config)
+        text = format_codec_results(results)
     if args.docs:
         Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
         Path(args.docs).write_text(text + "\n")
     print(text)
     return results
+
+
+def score_codec_file(path: str, config) -> tuple[dict, str]:
+    """`score_codec` of the codec stored at `path` over `config.n` held-out clips; writes OUT/score.json."""
+    import json
+
+    from ..io.checkpoints import atomic_write
+    from ..models.codec import LearnedFrameCodec
+    from .codec import format_codec_scores, score_codec
+
+    codec = LearnedFrameCodec.from_file(path)                   # FileNotFoundError / ValueError: one line
+    results = {"codec": str(path), "n": config.n, "reference": config.reference,
+               **score_codec(codec, config.n, reference=config.reference)}
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "score.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    return results, f"Codec {path}\n\n" + format_codec_scores(results, config.n)
 
 
 def parse_steps(items: list[str]) -> dict[str, int]:

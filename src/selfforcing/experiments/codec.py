@@ -5,8 +5,8 @@ alternative, as Wan does with its VAE, is a learned autoencoder to fewer channel
 experiment trains such an autoencoder (per frame, stride 4, `channels` latent channels, so the DiT keeps its 2x2
 patches and 64 tokens per frame) on world frames and measures:
 
-- quality: PSNR of held-out clips through the round trip, and the evaluator's scores of the round-tripped clips
-  next to those of the same clips untouched (the ceiling a model in that space could reach);
+- quality: PSNR of held-out clips through the round trip, and the evaluator's scores and Fréchet distance of the
+  round-tripped clips next to those of the same clips untouched (the ceiling a model in that space could reach);
 - cost: encode and decode time per frame, and the time of one teacher training step (forward and backward,
   batch 4 of 21 frames) with the learned codec's input width against the pixel codec's.
 
@@ -14,6 +14,10 @@ The autoencoder and its latents' per-channel statistics are written to OUT/codec
 trains on with `--set data.codec_file=OUT/codec.safetensors model.in_dim=C model.out_dim=C`.
 
     selfforcing experiment codec -o runs/codec [--steps 600] [--channels 16] [--width 64] [--bf16]
+    selfforcing experiment codec -o runs/codec-score --score checkpoints/world/codec.safetensors [--n 48]
+
+The second form trains nothing: it scores a codec file (round trip, Fréchet distance, encode and decode time)
+and writes OUT/score.json.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 from ..models.codec import FrameAutoencoder, LatentNorm, LearnedFrameCodec
 
 __all__ = ["CodecExperimentConfig", "FrameAutoencoder", "run_codec_experiment", "format_codec_results",
-           "latent_statistics"]
+           "format_codec_scores", "latent_statistics", "score_codec"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class CodecExperimentConfig:
     autocast: "bf16" trains the autoencoder under bf16 autocast (about twice as fast on CPUs with AVX-512 BF16 /
         AMX; the loss and the optimiser stay fp32), "none" in fp32. Scoring is always fp32.
     n: held-out clips scored through the round trip.
+    reference: real training clips the Fréchet distances are measured against (0: none).
     dit_batch, dit_frames: the teacher step timed for the cost comparison (clips x frames).
     seed: weights and data order.
     """
@@ -58,6 +63,7 @@ class CodecExperimentConfig:
     lr: float = 1e-3
     autocast: str = "none"
     n: int = 16
+    reference: int = 64
     dit_batch: int = 4
     dit_frames: int = 21
     seed: int = 0
@@ -66,6 +72,8 @@ class CodecExperimentConfig:
         if min(self.channels, self.width, self.steps, self.batch_clips, self.frames_per_clip, self.n,
                self.dit_batch, self.dit_frames) < 1:
             raise ValueError("channels, width, steps, batch sizes, n and the timed step's shape must be positive")
+        if self.reference < 0 or self.reference == 1:
+            raise ValueError(f"reference is 0 or at least 2 clips, got {self.reference}")
         if self.frames_per_clip > 21:
             raise ValueError("frames_per_clip is at most 21 (the clip length)")
         if self.width % 16:
@@ -132,8 +140,39 @@ def _dit_step_seconds(in_dim: int, batch: int = 4, frames: int = 21) -> float:
     return _median_time(step)
 
 
-def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -> dict:
+def score_codec(codec: LearnedFrameCodec, n: int = 16, reference: int = 64) -> dict:
+    """What the codec loses on `n` held-out clips, and what it costs (fp32, one frame at a time).
+
+    Returns:
+        {"psnr_db": of the round trip, "scores": {"real": ..., "round_trip": ...} (the evaluator's mean scores,
+        with "frechet": the Fréchet distance of each set to `reference` real training clips, None when 0 or
+        under 2 clips), "encode_ms_per_frame", "decode_ms_per_frame"}.
+    """
     from ..eval import evaluate_videos
+
+    items = _heldout(n)
+    round_trip, mse = [], []
+    for name, video, prompt in items:
+        back = _to_uint8(codec.decode(codec.encode(_to_float(video)[None]))[0])
+        mse.append(float(np.mean((back.astype(np.float64) - video.astype(np.float64)) ** 2)))
+        round_trip.append((name, back, prompt))
+    frame = _to_float(items[0][1])[None, :1]                                 # (1, 1, 3, H, W)
+    encode_ms = 1000 * _median_time(lambda: codec.encode(frame))
+    z1 = codec.encode(frame)
+    decode_ms = 1000 * _median_time(lambda: codec.decode(z1))
+    scores = {}
+    for key, clips in (("real", items), ("round_trip", round_trip)):
+        report = evaluate_videos(clips, reference=reference)
+        scores[key] = {**report.mean(), "frechet": report.frechet}
+    return {
+        "psnr_db": float(10 * math.log10(255.0**2 / max(np.mean(mse), 1e-12))),
+        "scores": scores,
+        "encode_ms_per_frame": encode_ms,
+        "decode_ms_per_frame": decode_ms,
+    }
+
+
+def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -> dict:
     from ..world import WorldDataConfig, WorldDataset
 
     out = Path(config.out)
@@ -162,33 +201,15 @@ def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -
     codec = LearnedFrameCodec(ae, latent_statistics(ae, data, config))
     codec.save(out / "codec.safetensors")
 
-    items = _heldout(config.n)
-    round_trip, mse, latents = [], [], []
     with torch.no_grad():
-        for name, video, prompt in items:
-            x = _to_float(video)
-            recon, z = ae(x)
-            latents.append(z)
-            back = _to_uint8(recon)
-            mse.append(float(np.mean((back.astype(np.float64) - video.astype(np.float64)) ** 2)))
-            round_trip.append((name, back, prompt))
-        frame = _to_float(items[0][1])[:1]
-        encode_ms = 1000 * _median_time(lambda: ae.encoder(frame))
-        z1 = ae.encoder(frame)
-        decode_ms = 1000 * _median_time(lambda: ae.decoder(z1))
-    z = torch.cat(latents)
-    real = evaluate_videos(items, reference=0).mean()
-    coded = evaluate_videos(round_trip, reference=0).mean()
+        z = torch.cat([ae.encoder(_to_float(video)) for _, video, _ in _heldout(config.n)])
     shape = (config.dit_batch, config.dit_frames)
     pixel_step, learned_step = _dit_step_seconds(48, *shape), _dit_step_seconds(config.channels, *shape)
     results = {
         "config": asdict(config),
         "autoencoder": {"parameters": sum(p.numel() for p in ae.parameters()), "train_seconds": train_seconds,
                         "latent_std": float(z.std()), "latent_mean": float(z.mean())},
-        "psnr_db": float(10 * math.log10(255.0**2 / max(np.mean(mse), 1e-12))),
-        "scores": {"real": real, "round_trip": coded},
-        "encode_ms_per_frame": encode_ms,
-        "decode_ms_per_frame": decode_ms,
+        **score_codec(codec, config.n, reference=config.reference),
         "dit_step_seconds": {"pixel_48ch": pixel_step, f"learned_{config.channels}ch": learned_step},
         "threads": torch.get_num_threads(),
     }
@@ -197,23 +218,35 @@ def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -
     return results
 
 
+def format_codec_scores(r: dict, n: int) -> str:
+    """`score_codec`'s results as a Markdown table (headline scores and Fréchet distance) and two lines."""
+    keys = ("total", "semantic", "quality", "temporal")
+
+    def row(label: str, scores: dict) -> str:
+        fd = "n/a" if scores.get("frechet") is None else f"{scores['frechet']:.0f}"
+        return f"| {label} | " + " | ".join(f"{scores[k]:.1f}" for k in keys) + f" | {fd} |"
+
+    return "\n".join([
+        "| | " + " | ".join(keys) + " | FD |",
+        "|---|" + "---|" * (len(keys) + 1),
+        row(f"{n} held-out clips as rendered", r["scores"]["real"]),
+        row("the same through the learned codec", r["scores"]["round_trip"]),
+        "",
+        f"- round-trip PSNR {r['psnr_db']:.1f} dB (the pixel codec is lossless)",
+        f"- encode {r['encode_ms_per_frame']:.2f} ms, decode {r['decode_ms_per_frame']:.2f} ms per 64x64 frame "
+        "(the pixel codec: a reshape)",
+    ])
+
+
 def format_codec_results(r: dict) -> str:
     c = r["config"]
-    keys = ("total", "semantic", "quality", "temporal")
     lines = [
         f"Learned codec: {c['channels']} channels at 1/4 resolution ({r['autoencoder']['parameters']:,} parameters, "
         f"{c['steps']} steps of {c['batch_clips'] * c['frames_per_clip']} frames in "
         f"{r['autoencoder']['train_seconds'] / 60:.1f} min, {r['threads']} threads"
         + (", bf16 autocast)" if c.get("autocast", "none") == "bf16" else ")"),
         "",
-        "| | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
-        f"| {c['n']} held-out clips as rendered | " + " | ".join(f"{r['scores']['real'][k]:.1f}" for k in keys) + " |",
-        "| the same through the learned codec | " + " | ".join(f"{r['scores']['round_trip'][k]:.1f}" for k in keys) + " |",
-        "",
-        f"- round-trip PSNR {r['psnr_db']:.1f} dB (the pixel codec is lossless)",
-        f"- encode {r['encode_ms_per_frame']:.2f} ms, decode {r['decode_ms_per_frame']:.2f} ms per 64x64 frame "
-        "(the pixel codec: a reshape)",
+        format_codec_scores(r, c["n"]),
     ]
     steps = r["dit_step_seconds"]
     (pk, pv), (lk, lv) = list(steps.items())
