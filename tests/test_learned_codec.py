@@ -83,6 +83,7 @@ def test_a_world_run_trains_and_generates_through_the_learned_codec(tmp_path, co
 def test_a_checkpoint_finds_its_codec_from_anywhere_and_beside_it(tmp_path, codec_file, monkeypatch):
     import shutil
 
+    from selfforcing.cli import main
     from selfforcing.inference.loading import load_pipeline, read_pipeline_spec, resolve_codec_file
 
     path, codec = codec_file
@@ -96,6 +97,10 @@ def test_a_checkpoint_finds_its_codec_from_anywhere_and_beside_it(tmp_path, code
     monkeypatch.chdir(elsewhere)                                        # the stored path is not the cwd's
     pipe, _ = load_pipeline(model, text_encoder=text)
     assert torch.equal(pipe.codec.encode(torch.zeros(1, 1, 3, 16, 16)), codec.encode(torch.zeros(1, 1, 3, 16, 16)))
+    half = tmp_path / "a" / "b" / "half.safetensors"                    # an exported copy names it from its folder
+    assert main(["export", str(model), "-o", str(half)]) == 0
+    assert read_pipeline_spec(half).codec == "frame-codec:../../codec.safetensors"
+    load_pipeline(half, text_encoder=text)
     shipped = tmp_path / "shipped"                                      # a model shipped beside its codec
     shipped.mkdir()
     shutil.copy(model, shipped / "teacher.safetensors")

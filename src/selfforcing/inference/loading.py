@@ -30,6 +30,7 @@ __all__ = [
     "with_sampling",
     "default_checkpoint",
     "anchor_codec",
+    "FRAME_CODEC_PREFIX",
     "make_codec",
     "resolve_codec_file",
     "make_text_encoder",

@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -525,7 +525,8 @@ def save_transformer(model: WanDiT, path: str | os.PathLike, extra_metadata: Map
 
 def cast_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype) -> Path:
     """Copy one of our own `.safetensors` checkpoints with its floating-point weights cast to `dtype`, keeping
-    every metadata entry (config, pipeline spec, training config): e.g. fp16 copies of trained models to ship."""
+    every metadata entry (config, pipeline spec, training config): e.g. fp16 copies of trained models to ship.
+    A learned codec named by the spec is named again relative to the copy's folder."""
     src, dst = Path(src), Path(dst)
     if detect_layout(src) != "selfforcing":
         raise CheckpointError(f"{src} is not a selfforcing .safetensors checkpoint")
@@ -535,8 +536,27 @@ def cast_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch
         metadata = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    _atomic_save(tensors, dst, metadata)
+    _atomic_save(tensors, dst, _reanchor_codec(metadata, src, dst))
     return dst
+
+
+def _reanchor_codec(metadata: dict, src: Path, dst: Path) -> dict:
+    """`metadata` with the spec's learned codec path, found from `src`, made relative to `dst`'s folder (left as
+    it is when it names no learned codec, or one that cannot be found)."""
+    from ..inference.loading import (FRAME_CODEC_PREFIX, PIPELINE_METADATA_KEY, PipelineSpec, anchor_codec,
+                                     resolve_codec_file)
+
+    if PIPELINE_METADATA_KEY not in metadata:
+        return metadata
+    spec = PipelineSpec.from_dict(json.loads(metadata[PIPELINE_METADATA_KEY]))
+    if not spec.codec.startswith(FRAME_CODEC_PREFIX):
+        return metadata
+    try:
+        codec_file = resolve_codec_file(spec.codec[len(FRAME_CODEC_PREFIX):], src)
+    except FileNotFoundError:
+        return metadata
+    spec = anchor_codec(replace(spec, codec=FRAME_CODEC_PREFIX + str(codec_file)), dst)
+    return {**metadata, PIPELINE_METADATA_KEY: json.dumps(spec.to_dict())}
 
 
 def _save_folder(state: dict, config_json: dict, folder: Path, max_shard_size: int | None) -> Path:

@@ -38,7 +38,7 @@ from ..algorithms.distillation import DistillTraining
 from ..algorithms.ode_init import ODEInitTraining
 from ..algorithms.teacher import TeacherTraining
 from ..config import WanConfig
-from ..inference.loading import PipelineSpec
+from ..inference.loading import FRAME_CODEC_PREFIX, PipelineSpec
 from ..inference.pipeline import SamplingConfig, StreamingPipeline
 from ..inference.teacher import decode_to_uint8, sample_teacher
 from ..inference.wan import wan_pipeline_spec
@@ -270,7 +270,7 @@ def _pipeline_spec(config: TrainConfig) -> PipelineSpec:
                                    text_max_length=d.text_max_length, train_frames=d.num_frames,
                                    sampling=_sampling(config))
     norm = latent_norm(d)
-    codec = f"frame-codec:{d.codec_file}" if d.codec_file is not None else f"space-to-depth-{d.codec_patch}"
+    codec = FRAME_CODEC_PREFIX + d.codec_file if d.codec_file is not None else f"space-to-depth-{d.codec_patch}"
     return PipelineSpec(
         height=d.size, width=d.size, codec=codec, latent_mean=norm.mean,
         latent_std=norm.std, text_encoder=d.text_encoder,
