@@ -57,6 +57,9 @@ def test_other_files_are_refused(tmp_path):
         LearnedFrameCodec.from_file(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError):
         learned_codec_channels(tmp_path / "missing.safetensors")
+    (tmp_path / "notes.txt").write_text("not a codec")
+    with pytest.raises(ValueError, match="not a learned world codec"):
+        learned_codec_channels(tmp_path / "notes.txt")
 
 
 def test_a_world_run_trains_and_generates_through_the_learned_codec(tmp_path, codec_file):

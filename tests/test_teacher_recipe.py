@@ -60,5 +60,9 @@ def test_the_recipe_trains_both_stages_writes_and_scores_the_teacher_and_resumes
 def test_bad_recipes_are_one_line(tmp_path, capsys):
     assert main(["experiment", "teacher", "-o", str(tmp_path), "--codec", str(tmp_path / "none.safetensors")]) == 2
     assert "no codec file" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a codec")
+    assert main(["experiment", "teacher", "-o", str(tmp_path), "--codec", str(tmp_path / "notes.txt")]) == 2
+    assert "not a learned world codec" in capsys.readouterr().err
+    assert not (tmp_path / "short").exists()
     with pytest.raises(ValueError, match="positive"):
         TeacherRecipe(short_steps=0)

@@ -209,8 +209,11 @@ def _codec_header(path: str) -> dict:
 def _read_codec_header(path: str, mtime_ns: int) -> dict:
     from safetensors import safe_open
 
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:                                           # not a safetensors file at all
+        raise ValueError(f"{path} is not a learned world codec (not a safetensors file: {err})") from err
     if meta.get("format") != LEARNED_CODEC_FORMAT:
         raise ValueError(f"{path} is not a learned world codec (`selfforcing experiment codec` writes one)")
     return json.loads(meta["codec"])
