@@ -71,10 +71,10 @@ def denoising_errors(checkpoint: str, *, n: int = DEFAULT_CLIPS, sigmas=DEFAULT_
 
 def _world_pipeline(checkpoint: str, device: str, flag: str):
     """The pipeline and spec of a world model checkpoint; anything else is refused, naming `flag`."""
-    from selfforcing.inference.loading import load_pipeline
+    from selfforcing.inference.loading import FRAME_CODEC_PREFIX, load_pipeline
 
     pipe, spec = load_pipeline(checkpoint, device=device)
-    world_codec = spec.codec.startswith(("space-to-depth-", "frame-codec:"))  # the pixel or a learned world codec
+    world_codec = spec.codec.startswith(("space-to-depth-", FRAME_CODEC_PREFIX))  # the pixel or a learned codec
     if pipe.codec is None or pipe.text_encoder is None or not world_codec:
         raise ValueError(f"{checkpoint} is not a world model (its spec names codec {spec.codec!r}); "
                          f"{flag} reads world clips")

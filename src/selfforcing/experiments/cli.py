@@ -149,10 +149,8 @@ def run_codec(args: argparse.Namespace) -> dict:
 
 def score_codec_file(path: str, config) -> tuple[dict, str]:
     """`score_codec` of the codec stored at `path` over `config.n` held-out clips; writes OUT/score.json."""
-    import json
-
-    from ..io.checkpoints import atomic_write
     from ..models.codec import LearnedFrameCodec
+    from .ablation import _write_json
     from .codec import format_codec_scores, score_codec
 
     codec = LearnedFrameCodec.from_file(path)                   # FileNotFoundError / ValueError: one line
@@ -160,7 +158,7 @@ def score_codec_file(path: str, config) -> tuple[dict, str]:
                **score_codec(codec, config.n, reference=config.reference)}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "score.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    _write_json(out / "score.json", results)
     return results, f"Codec {path}\n\n" + format_codec_scores(results, config.n)
 
 

@@ -146,16 +146,20 @@ def score_codec(codec: LearnedFrameCodec, n: int = 16, reference: int = 64) -> d
     Returns:
         {"psnr_db": of the round trip, "scores": {"real": ..., "round_trip": ...} (the evaluator's mean scores,
         with "frechet": the Fréchet distance of each set to `reference` real training clips, None when 0 or
-        under 2 clips), "encode_ms_per_frame", "decode_ms_per_frame"}.
+        under 2 clips), "encode_ms_per_frame", "decode_ms_per_frame", "latent_mean" and "latent_std" (of the
+        encoder's output before the codec's normalisation)}.
     """
     from ..eval import evaluate_videos
 
     items = _heldout(n)
-    round_trip, mse = [], []
+    round_trip, mse, latents = [], [], []
     for name, video, prompt in items:
-        back = _to_uint8(codec.decode(codec.encode(_to_float(video)[None]))[0])
+        z = codec.encode(_to_float(video)[None])                             # (1, T, C, h, w), normalised
+        latents.append(codec.norm.denormalize(z))
+        back = _to_uint8(codec.decode(z)[0])
         mse.append(float(np.mean((back.astype(np.float64) - video.astype(np.float64)) ** 2)))
         round_trip.append((name, back, prompt))
+    raw = torch.cat(latents)
     frame = _to_float(items[0][1])[None, :1]                                 # (1, 1, 3, H, W)
     encode_ms = 1000 * _median_time(lambda: codec.encode(frame))
     z1 = codec.encode(frame)
@@ -169,6 +173,8 @@ def score_codec(codec: LearnedFrameCodec, n: int = 16, reference: int = 64) -> d
         "scores": scores,
         "encode_ms_per_frame": encode_ms,
         "decode_ms_per_frame": decode_ms,
+        "latent_mean": float(raw.mean()),
+        "latent_std": float(raw.std()),
     }
 
 
@@ -201,15 +207,14 @@ def run_codec_experiment(config: CodecExperimentConfig, progress: bool = True) -
     codec = LearnedFrameCodec(ae, latent_statistics(ae, data, config))
     codec.save(out / "codec.safetensors")
 
-    with torch.no_grad():
-        z = torch.cat([ae.encoder(_to_float(video)) for _, video, _ in _heldout(config.n)])
+    scored = score_codec(codec, config.n, reference=config.reference)
     shape = (config.dit_batch, config.dit_frames)
     pixel_step, learned_step = _dit_step_seconds(48, *shape), _dit_step_seconds(config.channels, *shape)
     results = {
         "config": asdict(config),
         "autoencoder": {"parameters": sum(p.numel() for p in ae.parameters()), "train_seconds": train_seconds,
-                        "latent_std": float(z.std()), "latent_mean": float(z.mean())},
-        **score_codec(codec, config.n, reference=config.reference),
+                        "latent_std": scored.pop("latent_std"), "latent_mean": scored.pop("latent_mean")},
+        **scored,
         "dit_step_seconds": {"pixel_48ch": pixel_step, f"learned_{config.channels}ch": learned_step},
         "threads": torch.get_num_threads(),
     }

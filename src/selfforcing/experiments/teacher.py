@@ -17,7 +17,6 @@ and a killed one resumes from its last checkpoint, so the same command picks up 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,11 +107,11 @@ def score_teacher(teacher: Path, n: int, path: Path) -> dict:
     for the Fréchet distance), written to `path`; returns the mean scores and the distance."""
     from ..eval import evaluate_videos
     from ..eval.cli import DEFAULT_REFERENCE, generate_heldout
-    from ..io.checkpoints import atomic_write
+    from .ablation import _write_json
 
     items, fps = generate_heldout(str(teacher), n, None, 0, batch_size=8)
     report = evaluate_videos(items, fps=fps, reference=DEFAULT_REFERENCE)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
+    _write_json(path, report.to_dict())
     return {**report.mean(), "standard_error": report.standard_error(), "frechet": report.frechet}
 
 
