@@ -9,7 +9,7 @@ import torch
 
 from selfforcing.models.codec import WORLD_LATENT_NORM
 from selfforcing.algorithms import Batch, SampleRNG, TeacherConfig, TeacherTraining, teacher_loss
-from selfforcing.algorithms.teacher import motion_weights
+from selfforcing.algorithms.teacher import motion_weights, scene_loss, scene_targets
 from selfforcing.config import get_preset
 from selfforcing.diffusion.flow import FlowMatching
 from selfforcing.inference.teacher import decode_to_uint8, sample_teacher
@@ -248,6 +248,74 @@ def test_teacher_training_update_runs_backward():
     loss, logs = update.loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and model.head.head.weight.grad.abs().sum() > 0
+
+
+def test_scene_targets_are_each_tokens_class_fractions():
+    labels = torch.zeros(1, 2, 2, 4, 4, dtype=torch.uint8)               # (B, F, G, H, W), 2x2 tokens of 2x2
+    labels[0, 0, 0, :2, :2] = torch.tensor([[1, 1], [2, 0]])              # token (0, 0) of frame 0
+    labels[0, 1, 1] = 3                                                   # frame 1, group 1: all class 3
+    shape, colour = scene_targets(labels, (3, 4), (2, 2))                 # (B, F*h*w, K)
+    assert shape.shape == (1, 8, 3) and colour.shape == (1, 8, 4)
+    torch.testing.assert_close(shape.sum(-1), torch.ones(1, 8))
+    torch.testing.assert_close(shape[0, 0], torch.tensor([0.25, 0.5, 0.25]))
+    torch.testing.assert_close(shape[0, 1:], torch.tensor([1.0, 0.0, 0.0]).expand(7, 3))
+    torch.testing.assert_close(colour[0, 4:], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(4, 4))
+    with pytest.raises(ValueError, match="token grid"):
+        scene_targets(labels, (3, 4), (3, 3))
+
+
+def test_scene_loss_vanishes_only_for_the_true_fractions():
+    targets = [torch.softmax(_randn(2, 6, 3), -1), torch.tensor([[0.0, 1.0]]).expand(2, 6, 2)]
+    exact = torch.cat([targets[0].log(), torch.tensor([-40.0, 40.0]).expand(2, 6, 2)], dim=-1)
+    assert scene_loss(exact, targets).item() < 1e-6
+    logits = _randn(2, 6, 5, seed=3).requires_grad_()
+    loss = scene_loss(logits, targets)
+    loss.backward()
+    assert loss.item() > 0.1 and logits.grad.abs().sum() > 0
+
+
+def _probed_model(layers: int = 2) -> WanDiT:
+    torch.manual_seed(0)
+    return WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=layers, freq_dim=32,
+                                              text_dim=D, text_len=L, probe=5, probe_layer=0))
+
+
+def test_the_probe_reads_a_block_and_never_touches_the_velocity():
+    model = _probed_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))                            # a fresh Wan predicts zero velocity
+    x, t, ctx = _randn(2, F, C, H, W), torch.tensor([300.0, 800.0]), _randn(2, L, D, seed=1)
+    v_pred, logits = model(x, t, ctx, probe=True)                         # (B, F, C, H, W), (B, N, 5)
+    torch.testing.assert_close(v_pred, model(x, t, ctx))
+    assert logits.shape == (2, F * (H // 2) * (W // 2), 5)
+    (hidden,) = model(x, t, ctx, hidden_layers=(0,))[1]
+    torch.testing.assert_close(logits, model.probe(hidden).float())
+    with pytest.raises(ValueError, match="probe"):
+        WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=1, freq_dim=32,
+                                           text_dim=D, text_len=L))(x, t, ctx, probe=True)
+    with pytest.raises(ValueError, match="probe_layer"):
+        get_preset("world").replace(probe=5, probe_layer=4)
+
+
+def test_scene_weight_adds_the_probes_loss_to_the_denoising_loss():
+    model = _probed_model()
+    labels = torch.randint(0, 3, (2, F, 2, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels[:, :, 1] %= 2                                                  # group 1 has two classes
+    batch = Batch(context=_randn(2, L, D), null_context=torch.zeros(2, L, D), seeds=torch.tensor([1, 2]),
+                  x_0=_randn(2, F, C, H, W), labels=labels)
+    plain, plain_logs = TeacherTraining(TeacherConfig(), model).loss(batch)
+    algo = TeacherTraining(TeacherConfig(scene_weight=0.5, scene_layer=0), model, scene_classes=(3, 2))
+    loss, logs = algo.loss(batch)
+    assert logs["loss"] == plain_logs["loss"] == plain
+    torch.testing.assert_close(loss, plain + 0.5 * logs["scene_loss"])
+    loss.backward()
+    assert model.probe[0].weight.grad.abs().sum() > 0 and model.blocks[0].ffn[0].weight.grad.abs().sum() > 0
+    assert model.blocks[1].ffn[0].weight.grad is not None
+    with pytest.raises(ValueError, match="scene labels"):
+        algo.loss(Batch(context=batch.context, null_context=batch.null_context, seeds=batch.seeds, x_0=batch.x_0))
+    with pytest.raises(ValueError, match="scene_weight"):
+        TeacherConfig(scene_weight=-1.0)
 
 
 # ------------------------------------------------------------------------------------------------ sampler

@@ -371,3 +371,46 @@ def test_mixed_rope_frequencies_train_at_their_own_learning_rate(tmp_path):
             assert torch.equal(moved[10.0][k], moved[1.0][k]), k
     groups = trainer.optimizers["model"].param_groups
     assert [g["weight_decay"] for g in groups] == [trainer.config.optim.weight_decay, 0.0]
+
+
+def test_the_scene_loss_trains_a_probe_that_exports_leave_out(tmp_path):
+    """teacher.scene_weight gives the model a probe, its batches the clips' labels (aligned with the videos),
+    and its logs the scene loss; exported weights are the plain network, from which a run grows a fresh probe;
+    resuming is exact."""
+    from selfforcing.io.checkpoints import describe_checkpoint, load_transformer
+    from selfforcing.world import LABEL_GROUPS
+
+    cfg = tiny(tmp_path / "a", "teacher.scene_weight=0.5", "teacher.scene_layer=0", "schedule.steps=3",
+               "checkpoint.every=2", "checkpoint.keep=5")
+    item = MicroBatches(cfg)[0]
+    labels, video = item["labels"], item["video"]                        # (b, F, G, H, W), (b, F, 3, H, W)
+    assert labels.shape == (*video.shape[:2], len(LABEL_GROUPS), *video.shape[3:]) and labels.dtype == torch.uint8
+    assert ((video.amax(2) > 0.2) == (labels[:, :, 1] > 0)).float().mean() > 0.95
+    assert "labels" not in MicroBatches(tiny(tmp_path))[0]
+
+    trainer = Trainer(cfg)
+    model = trainer.networks["model"]
+    assert model.config.probe == sum(len(words) + 1 for words in LABEL_GROUPS.values())
+    logs = trainer.fit()
+    assert 0 < logs["model/scene_loss"] < 10 and model.probe[0].weight.grad is not None
+    exported = load_transformer(tmp_path / "a" / "model_ema.safetensors")
+    assert exported.probe is None and exported.config == cfg.model
+    assert describe_checkpoint(tmp_path / "a" / "model.safetensors")["config"]["probe"] == 0
+    assert load_transformer(tmp_path / "a" / "model.safetensors").probe is None
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, trainer.emas["model"].shadow[k].to(v.dtype)), k
+
+    grown = Trainer(tiny(tmp_path / "b", "teacher.scene_weight=0.5", "schedule.steps=1",
+                         f"teacher.init_from={tmp_path / 'a' / 'model.safetensors'}"))
+    for k, v in exported.state_dict().items():
+        assert torch.equal(grown.networks["model"].state_dict()[k], model.state_dict()[k]), k
+    assert grown.networks["model"].probe is not None
+
+    resumed = Trainer(dataclasses.replace(cfg, out_dir=str(tmp_path / "c")))
+    resumed.fit(until=2)
+    resumed = Trainer(dataclasses.replace(cfg, out_dir=str(tmp_path / "c")), resume=True)
+    resumed.fit()
+    for k, v in params(model).items():
+        assert torch.equal(v, params(resumed.networks["model"])[k]), k
+    with pytest.raises(ValueError, match="world clips"):
+        Trainer(tiny(tmp_path / "d", "teacher.scene_weight=0.5", "data.source=prompts"))

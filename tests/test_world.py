@@ -317,3 +317,36 @@ def test_cli_bad_input_raises_value_error(tmp_path):
     unparseable.write_text("a red ball\nhello world\n")
     with pytest.raises(ValueError, match="prompt 2"):
         cli.run(parse_cli(["render", "--prompts", str(unparseable), "-o", str(tmp_path / "c")]))
+
+
+def test_render_labels_mark_the_pixels_each_object_shows():
+    """Label k + 1 where object k shows (its palette colour), 0 where the background does; later objects
+    cover earlier ones; the attribute maps read each object's words; both follow the clip's start frame."""
+    from selfforcing.world import LABEL_GROUPS, label_maps, render_labels
+    from selfforcing.world.scene import Scene, WorldObject
+
+    a = WorldObject("square", "red", "large", "right", "normal", x=0.4, y=0.5)
+    b = WorldObject("circle", "blue", "small", "bounce", "fast", x=0.45, y=0.5)
+    scene = Scene((a, b), background="grey")
+    video = renderer.render(scene, 3, 5).astype(int)                      # (F, H, W, 3)
+    labels = render_labels(scene, 3, 5)                                   # (F, H, W)
+    assert labels.shape == video.shape[:3] and set(np.unique(labels)) == {0, 1, 2}
+    for k, obj in enumerate((a, b)):
+        colour = np.array(vocab.PALETTE[obj.colour])
+        inside = np.abs(video[labels == k + 1] - colour).max(axis=1)
+        assert np.median(inside) == 0 and inside.max() < 128              # only edge pixels are blended
+    background = background_image("grey", 64)[None].repeat(5, 0)
+    assert np.abs(video[labels == 0] - (background[labels == 0] * 255).round()).max(axis=1).mean() < 4
+    assert np.array_equal(render_labels(scene, 0, 8)[3:], labels)         # a pure function of the frame
+    maps = label_maps(scene, 3, 5)                                        # (F, G, H, W)
+    assert maps.shape == (5, len(LABEL_GROUPS), 64, 64) and maps.dtype == torch.uint8
+    for g, (attribute, words) in enumerate(LABEL_GROUPS.items()):
+        for k, obj in enumerate((a, b)):
+            assert (maps[:, g][torch.from_numpy(labels) == k + 1] == words.index(getattr(obj, attribute)) + 1).all()
+        assert (maps[:, g][torch.from_numpy(labels) == 0] == 0).all()
+    data = WorldDataset(WorldDataConfig(length=4, num_frames=6, max_start_frame=20))
+    for i in range(4):
+        video, *_, scene = data[i]
+        objects = data.labels(i)[:, 1] > 0                                # (F, H, W): any colour class
+        assert objects.shape == video.shape[:1] + video.shape[2:]
+        assert ((video.amax(1) > 0.2) == objects).float().mean() > 0.97   # objects are the bright pixels

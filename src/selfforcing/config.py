@@ -82,6 +82,11 @@ class WanConfig:
             float64, but the frequencies are rounded with every other weight when a model is cast or exported
             to bf16 / fp16: up to 2^-8 of ω in bf16, an angle error of up to 0.8 rad by frame 200 for ω = 1.
             Keep such a model in float32 for long rollouts.
+        probe: outputs of a training-only probe (0: none, as in Wan2.1): a two-layer MLP reading each token's
+            state after block `probe_layer` (`WanDiT.forward(..., probe=True)`), for auxiliary losses on the
+            network's representation, such as the world teacher's scene loss (`TeacherConfig.scene_weight`).
+            It never touches the velocity; weights named `probe.*`, dropped when a run exports its weights.
+        probe_layer: the block (0-based) whose output the probe reads.
     """
 
     dim: int = 1536
@@ -109,6 +114,8 @@ class WanConfig:
     refine: int = 0
     pos_embed: int = 0
     rope_mixed: bool = False
+    probe: int = 0
+    probe_layer: int = 1
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -121,6 +128,9 @@ class WanConfig:
             raise ValueError(f"refine must be non-negative (0: no refiner), got {self.refine}")
         if self.pos_embed < 0:
             raise ValueError(f"pos_embed must be non-negative (0: no absolute positions), got {self.pos_embed}")
+        if self.probe < 0 or (self.probe and not 0 <= self.probe_layer < self.num_layers):
+            raise ValueError(f"probe must be non-negative and probe_layer a block index below num_layers "
+                             f"{self.num_layers}, got {self.probe} and {self.probe_layer}")
         if not 0 < self.min_sigma <= 1:
             raise ValueError(f"min_sigma must lie in (0, 1], got {self.min_sigma}")
         if self.dim % self.num_heads:

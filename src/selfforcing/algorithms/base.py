@@ -45,6 +45,8 @@ class Batch:
         trajectory: (B, S + 1, F, C, H, W) stored teacher ODE states, the last one clean (ODE init), or None.
         trajectory_timesteps: (S + 1,) their timesteps, the last 0.
         prompts: the captions, for logging.
+        labels: (B, F, G, H_px, W_px) uint8 per-pixel scene labels of the clips in x_0, G attribute groups,
+            class 0 the background (`world.label_maps`), or None; the teacher's scene loss reads them.
         shared_seed: a seed common to every rank's micro-batch at this micro-step (see the module docstring);
             None outside the trainer (a single process), where the micro-batch's own draws decide.
     """
@@ -56,6 +58,7 @@ class Batch:
     trajectory: torch.Tensor | None = None
     trajectory_timesteps: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
+    labels: torch.Tensor | None = None
     shared_seed: int | None = None
 
     @property

@@ -23,11 +23,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from ..diffusion.flow import FlowMatching
-from .base import Batch, Logs, SampleRNG, Update
+from .base import Batch, Logs, SampleRNG, Update, unwrap
 
-__all__ = ["TeacherConfig", "motion_weights", "teacher_loss", "TeacherTraining"]
+__all__ = ["TeacherConfig", "motion_weights", "scene_targets", "scene_loss", "teacher_loss", "TeacherTraining"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class TeacherConfig:
         temporal_weight: adds this times the mean of ½ ‖e_{f+1} - e_f‖² over neighbouring frames, e the velocity
             error (times the motion weights): an error that stays put while the clip moves (a blob drawn where
             the object was) costs its motion again, white noise costs as much as in the plain term. 0: off.
+        scene_weight: λ of the scene loss, an auxiliary loss on the network's representation in the spirit of
+            representation alignment (REPA, Yu et al. 2025), with the world's own scene labels in place of a
+            pretrained encoder's features: a probe (`WanConfig.probe`, a two-layer MLP) reads each token's state
+            after block `scene_layer` from the noisy clip and predicts, for each attribute (shape, colour,
+            size, motion), the fraction of the token's pixels that show each class (background included);
+            the loss is the KL divergence from the rendered fractions, averaged over tokens and attributes.
+            The denoising loss pays little for knowing which object a token belongs to (a shape is a few
+            edge pixels, a motion a fraction of a pixel a frame); the scene loss asks the early blocks for
+            exactly that. World clips only (they carry their labels); the probe is dropped from exported
+            weights. 0: off.
+        scene_layer: the block (0-based) whose token states the probe reads.
     """
 
     shift: float = 5.0
@@ -76,6 +88,8 @@ class TeacherConfig:
     motion_weight: float = 0.0
     motion_span: Literal["clip", "frame"] = "clip"
     temporal_weight: float = 0.0
+    scene_weight: float = 0.0
+    scene_layer: int = 1
 
     def __post_init__(self) -> None:
         if self.shift <= 0 or self.sample_shift <= 0:
@@ -94,6 +108,9 @@ class TeacherConfig:
             raise ValueError(f"motion_span must be 'clip' or 'frame', got {self.motion_span!r}")
         if self.temporal_weight < 0:
             raise ValueError(f"temporal_weight must be non-negative, got {self.temporal_weight}")
+        if self.scene_weight < 0 or self.scene_layer < 0:
+            raise ValueError(f"scene_weight and scene_layer must be non-negative, got {self.scene_weight} and "
+                             f"{self.scene_layer}")
 
 
 def motion_weights(x_0: torch.Tensor, strength: float, span: str = "clip") -> torch.Tensor:
@@ -121,6 +138,41 @@ def motion_weights(x_0: torch.Tensor, strength: float, span: str = "clip") -> to
     return weight / weight.mean(dim=(3, 4), keepdim=True)
 
 
+def scene_targets(labels: torch.Tensor, classes: tuple[int, ...], grid: tuple[int, int]) -> list[torch.Tensor]:
+    """Per-token class fractions of per-pixel labels, one tensor per attribute group.
+
+    Args:
+        labels: (B, F, G, H, W) integer class maps (class 0 the background).
+        classes: K_g, the number of classes of each of the G groups.
+        grid: (h, w) tokens per frame; H and W must be multiples of them.
+    Returns:
+        G tensors (B, F*h*w, K_g), float32, each token's fractions summing to 1, tokens in the model's order
+        (frame, row, column).
+    """
+    (h, w), (height, width) = grid, labels.shape[-2:]
+    if height % h or width % w or labels.shape[2] != len(classes):
+        raise ValueError(f"labels {tuple(labels.shape)} do not fit {len(classes)} groups on a {h}x{w} token grid")
+    targets = []
+    for g, k in enumerate(classes):
+        one_hot = F.one_hot(labels[:, :, g].long(), k).float()                          # (B, F, H, W, K)
+        pooled = F.avg_pool2d(rearrange(one_hot, "b f h w k -> (b f) k h w"), (height // h, width // w))
+        targets.append(rearrange(pooled, "(b f) k h w -> b (f h w) k", b=labels.shape[0]))  # (B, N, K)
+    return targets
+
+
+def scene_loss(logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over tokens and groups of KL(target ‖ softmax(logits)) (`TeacherConfig.scene_weight`): zero when
+    the probe predicts every token's fractions exactly.
+
+    Args:
+        logits: (B, N, sum of K_g) probe outputs, the groups one after another.
+        targets: G tensors (B, N, K_g) of class fractions (`scene_targets`).
+    """
+    groups = logits.float().split([t.shape[-1] for t in targets], dim=-1)
+    kl = [(t * (t.clamp_min(1e-12).log() - z.log_softmax(-1))).sum(-1).mean() for z, t in zip(groups, targets)]
+    return torch.stack(kl).mean()
+
+
 def teacher_loss(
     model: nn.Module,
     x_0: torch.Tensor,
@@ -136,6 +188,9 @@ def teacher_loss(
     motion_weight: float = 0.0,
     motion_span: str = "clip",
     temporal_weight: float = 0.0,
+    labels: torch.Tensor | None = None,
+    scene_classes: tuple[int, ...] = (),
+    scene_weight: float = 0.0,
 ) -> tuple[torch.Tensor, Logs]:
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
@@ -153,6 +208,9 @@ def teacher_loss(
         motion_weight: λ of the loss weighted towards what moves (`TeacherConfig.motion_weight`); 0 the plain MSE.
         motion_span: "clip" or "frame" (`motion_weights`).
         temporal_weight: weight of the error's frame-to-frame change (`TeacherConfig.temporal_weight`).
+        labels: (B, F, G, H_px, W_px) the clips' per-pixel scene labels (`Batch.labels`), for the scene loss.
+        scene_classes: classes of each of the G label groups; their sum is the model's `config.probe`.
+        scene_weight: λ of the scene loss (`TeacherConfig.scene_weight`); > 0 needs a model with a probe.
     Returns:
         loss (0-dim, mean over the batch) and detached logs.
     """
@@ -167,7 +225,12 @@ def teacher_loss(
     x_t = flow.add_noise(x_0, eps, t)                                      # x_t = (1 - σ) x_0 + σ ε
     context = torch.where(drop[:, None, None], null_context, context)      # (B, L, D_text)
 
-    v_pred = model(x_t, t, context)                                        # (B, F, C, H, W)
+    if scene_weight > 0:
+        if labels is None:
+            raise ValueError("the scene loss needs the clips' scene labels (world clips)")
+        v_pred, logits = model(x_t, t, context, probe=True)                # (B, F, C, H, W), (B, N, ΣK)
+    else:
+        v_pred = model(x_t, t, context)                                    # (B, F, C, H, W)
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
     error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
     weight = motion_weights(x_0, motion_weight, motion_span)               # (B, 1 or F, 1, H, W), mean 1
@@ -190,6 +253,12 @@ def teacher_loss(
         loss = loss + temporal_weight * (change * 0.5 * (level[:, 1:] + level[:, :-1])).mean()
 
     logs = {"loss": loss.detach(), "prompt_dropout": drop.float().mean()}
+    if scene_weight > 0:
+        _, ph, pw = unwrap(model).config.patch_size
+        grid = (x_0.shape[-2] // ph, x_0.shape[-1] // pw)
+        scene = scene_loss(logits, scene_targets(labels, scene_classes, grid))
+        loss = loss + scene_weight * scene
+        logs["scene_loss"] = scene.detach()
     return loss, logs
 
 
@@ -198,12 +267,15 @@ class TeacherTraining:
 
     Args:
         config: the teacher's settings.
-        model: the bidirectional WanDiT, possibly wrapped for data parallelism (its forward is what is called).
+        model: the bidirectional WanDiT, possibly wrapped for data parallelism (its forward is what is called);
+            with the scene loss, one with a probe of sum(scene_classes) outputs.
+        scene_classes: classes of each scene label group (`world.LABEL_GROUPS`, background included).
     """
 
-    def __init__(self, config: TeacherConfig, model: nn.Module):
+    def __init__(self, config: TeacherConfig, model: nn.Module, scene_classes: tuple[int, ...] = ()):
         self.config = config
         self.model = model
+        self.scene_classes = tuple(scene_classes)
         self.flow = FlowMatching(shift=config.shift)
         self.updates = (Update(name="model", network="model", loss=self.loss),)
 
@@ -216,5 +288,6 @@ class TeacherTraining:
             prompt_dropout=self.config.prompt_dropout, weighting=self.config.weighting,
             frame_noise=self.config.frame_noise, multiscale=self.config.multiscale,
             motion_weight=self.config.motion_weight, motion_span=self.config.motion_span,
-            temporal_weight=self.config.temporal_weight,
+            temporal_weight=self.config.temporal_weight, labels=batch.labels, scene_classes=self.scene_classes,
+            scene_weight=self.config.scene_weight,
         )

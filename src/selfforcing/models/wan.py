@@ -231,6 +231,8 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         self.refiner = Refiner(cfg) if cfg.refine else None
         self.pos_embedding = GridPosition(cfg) if cfg.pos_embed else None
+        self.probe = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.probe)) \
+            if cfg.probe else None
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
         # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
         # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
@@ -311,7 +313,8 @@ class WanDiT(nn.Module):
         cross_cache: CrossAttnCache | None = None,
         start_frame: int = 0,
         hidden_layers: tuple[int, ...] = (),
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        probe: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """Predict the flow (velocity) of a noisy latent video (with `config.prediction` "x0" or "edm" the
         head predicts the clean video, directly or preconditioned, and the velocity it implies is returned).
 
@@ -324,8 +327,11 @@ class WanDiT(nn.Module):
             start_frame: absolute latent-frame index of x[:, 0] (RoPE offset and cache position).
             hidden_layers: also return the token states (B, N, D) after these blocks (the GAN
                 discriminator reads them).
+            probe: also return the training probe's outputs (B, N, config.probe), float32, read from the token
+                states after block `config.probe_layer` (no caches, no teacher forcing, no hidden_layers).
         Returns:
-            v_pred: (B, F, C_out, H, W), float32; with hidden_layers, (v_pred, [hidden states]).
+            v_pred: (B, F, C_out, H, W), float32; with hidden_layers, (v_pred, [hidden states]); with probe,
+            (v_pred, probe outputs).
         """
         cfg = self.config
         if (kv_cache is not None or clean_x is not None) and not cfg.causal:
@@ -334,13 +340,19 @@ class WanDiT(nn.Module):
             raise ValueError("teacher forcing is a training mode; it does not take a KV cache")
         if x.dim() != 5 or x.shape[2] != cfg.in_dim:
             raise ValueError(f"x must be (B, F, {cfg.in_dim}, H, W), got {tuple(x.shape)}")
+        if probe and (self.probe is None or hidden_layers or kv_cache is not None or clean_x is not None):
+            raise ValueError("probe=True needs a model with a probe (config.probe > 0), without hidden_layers, "
+                             "KV caches or teacher forcing")
+        layers = (*hidden_layers, cfg.probe_layer) if probe else hidden_layers
         autocast = (
             torch.autocast(x.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         )
         with autocast:
             v_pred, hidden = self._forward(
-                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers
+                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, layers
             )
+            if probe:
+                return v_pred, self.probe(hidden[0]).float()                 # (B, N, probe)
         return (v_pred, hidden) if hidden_layers else v_pred
 
     def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers):

@@ -180,7 +180,9 @@ class MicroBatches(Dataset):
     Returns a dict: "captions" (b strings), "seeds" (b,) int64, "indices" (b,) int64 dataset indices,
     "shared_seed" (an int, the same on every rank), and by `data.source`: "video" (b, F, 3, H, W) in [-1, 1]
     (world), "latents" (b, F, C, h, w) (encoded clips), or "trajectory" (b, S + 1, F, C, h, w) and
-    "trajectory_timesteps" (S + 1,) (ode-pairs); stored states and clips are already normalised latents.
+    "trajectory_timesteps" (S + 1,) (ode-pairs); stored states and clips are already normalised latents. A
+    teacher with the scene loss (`teacher.scene_weight`) also gets "labels" (b, F, G, H, W) uint8, the clips'
+    per-pixel scene labels (`world.label_maps`).
     """
 
     def __init__(self, config: TrainConfig, world_size: int = 1, rank: int = 0):
@@ -230,7 +232,8 @@ class MicroBatches(Dataset):
         batch_size = step_samples(self.config, step)
         world = self.images if image_step else self.world
         run_seed = image_stream_seed(self.config.seed) if image_step else self.config.seed
-        videos, latents, trajectories, captions, seeds, indices = [], [], [], [], [], []
+        videos, labels, latents, trajectories, captions, seeds, indices = [], [], [], [], [], [], []
+        with_labels = self.config.algorithm == "teacher" and self.config.teacher.scene_weight > 0
         for p in micro_positions(batch_size, s.grad_accum, self.world_size, self.rank, micro):
             g = step * batch_size + p
             index = sample_index(g, self.length, run_seed)
@@ -249,6 +252,8 @@ class MicroBatches(Dataset):
                 if d.source == "world":
                     video, short, detailed, _ = world[index]
                     videos.append(video)
+                    if with_labels:
+                        labels.append(world.labels(index))                  # (F, G, H, W) uint8
                 else:
                     short, detailed = world.captions(index)
                 detailed_first = np.random.default_rng([seed, 1]).random() < d.detailed_caption_prob
@@ -266,6 +271,8 @@ class MicroBatches(Dataset):
         }
         if videos:
             item["video"] = torch.stack(videos)                             # (b, F, 3, H, W)
+        if labels:
+            item["labels"] = torch.stack(labels)                            # (b, F, G, H, W)
         if latents:
             item["latents"] = torch.stack(latents)                          # (b, F, C, h, w), normalised
         if trajectories:
@@ -309,8 +316,9 @@ class LatentEncoder:
         context = self.text_encoder.encode(raw["captions"]).to(self.device) # (b, L, text_dim)
         null = self.text_encoder.encode([self.negative_prompt]).to(self.device).expand_as(context)
         shared = raw.get("shared_seed")
+        labels = raw["labels"].to(self.device) if "labels" in raw else None  # (b, F, G, H, W)
         return Batch(context=context, null_context=null, seeds=raw["seeds"], x_0=x_0, trajectory=trajectory,
-                     trajectory_timesteps=timesteps, prompts=list(raw["captions"]),
+                     trajectory_timesteps=timesteps, prompts=list(raw["captions"]), labels=labels,
                      shared_seed=None if shared is None else int(shared))
 
 

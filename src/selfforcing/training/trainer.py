@@ -46,6 +46,7 @@ from ..io.checkpoints import describe_checkpoint, load_transformer
 from ..models.discriminator import Discriminator
 from ..models.wan import WanDiT, grow_depth
 from ..models.wan_vae import WanVAE
+from ..world.dataset import LABEL_GROUPS
 from ..world.splits import heldout_prompts
 from . import checkpoint as ckpt
 from . import parallel
@@ -85,7 +86,8 @@ class AlgorithmEntry:
 
 
 # optional parts a checkpoint can gain with its function unchanged: config field -> what its weights' names hold
-_GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding.", "rope_mixed": ".self_attn.rope_freqs"}
+_GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding.", "rope_mixed": ".self_attn.rope_freqs",
+             "probe": "probe."}
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
@@ -139,10 +141,19 @@ def _require_causal(config: TrainConfig) -> WanConfig:
     return config.model
 
 
+# classes of each scene label group, background included: the teacher's scene loss and its probe's outputs
+SCENE_CLASSES = tuple(len(words) + 1 for words in LABEL_GROUPS.values())
+
+
 def _teacher_networks(config: TrainConfig) -> dict[str, nn.Module]:
     if config.model.causal:
         raise ValueError("the teacher is bidirectional: set model.causal=false")
-    return {"model": _load_or_new(config.teacher.init_from, config.model)}
+    model = config.model
+    if config.teacher.scene_weight > 0:                  # the scene loss's probe, dropped from exported weights
+        if config.data.source != "world":
+            raise ValueError("teacher.scene_weight needs world clips (data.source=world): they carry the labels")
+        model = model.replace(probe=sum(SCENE_CLASSES), probe_layer=config.teacher.scene_layer)
+    return {"model": _load_or_new(config.teacher.init_from, model)}
 
 
 def _ode_init_networks(config: TrainConfig) -> dict[str, nn.Module]:
@@ -211,7 +222,7 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "teacher": AlgorithmEntry(
         networks=_teacher_networks,
         trained=("model",),
-        build=lambda config, nets: TeacherTraining(config.teacher, nets["model"]),
+        build=lambda config, nets: TeacherTraining(config.teacher, nets["model"], SCENE_CLASSES),
         ema=("model",),
         preview=_teacher_preview,
         preview_network="model",

@@ -11,13 +11,13 @@ sampling), `motion` (ground-truth states), `renderer` (rasteriser), `captions`, 
 """
 
 from selfforcing.world.captions import caption_variant, detailed_caption, short_caption
-from selfforcing.world.dataset import WorldDataConfig, WorldDataset, collate_world
+from selfforcing.world.dataset import LABEL_GROUPS, WorldDataConfig, WorldDataset, collate_world, label_maps
 from selfforcing.world.io import Clip, read_clips, read_video, write_clips, write_video
 from selfforcing.world.motion import ObjectState, object_state, scene_states
 from selfforcing.world.prompts import (
     DEFAULTS, ParsedPrompt, PartialObject, extend_prompt, parse_prompt, scene_from_prompt,
 )
-from selfforcing.world.renderer import render, render_float, render_tensor, to_tensor, to_uint8
+from selfforcing.world.renderer import render, render_float, render_labels, render_tensor, to_tensor, to_uint8
 from selfforcing.world.scene import Scene, WorldObject, attribute_key, sample_scene
 from selfforcing.world.splits import (
     HELDOUT_SIZE, heldout_prompts, heldout_scenes, is_heldout, split_key, train_scene, train_scenes,
@@ -27,12 +27,12 @@ from selfforcing.world.vocab import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "CLIP_FRAMES", "COLOURS", "DEFAULTS", "FPS", "FRAME_SIZE", "HELDOUT_SIZE", "MOTIONS",
+    "BACKGROUNDS", "CLIP_FRAMES", "COLOURS", "DEFAULTS", "FPS", "FRAME_SIZE", "HELDOUT_SIZE", "LABEL_GROUPS", "MOTIONS",
     "PALETTE", "SHAPES", "SIZES", "SPEEDS",
     "Clip", "ObjectState", "ParsedPrompt", "PartialObject", "Scene", "WorldDataConfig", "WorldDataset",
     "WorldObject",
     "attribute_key", "caption_variant", "collate_world", "detailed_caption", "extend_prompt", "heldout_prompts",
-    "heldout_scenes", "is_heldout", "object_state", "parse_prompt", "read_clips", "read_video", "render",
-    "render_float", "render_tensor", "sample_scene", "scene_from_prompt", "scene_states", "short_caption",
+    "heldout_scenes", "is_heldout", "label_maps", "object_state", "parse_prompt", "read_clips", "read_video", "render",
+    "render_float", "render_labels", "render_tensor", "sample_scene", "scene_from_prompt", "scene_states", "short_caption",
     "split_key", "to_tensor", "to_uint8", "train_scene", "train_scenes", "write_clips", "write_video",
 ]

@@ -13,9 +13,28 @@ from torch.utils.data import Dataset
 
 from selfforcing.world import vocab
 from selfforcing.world.captions import detailed_caption, short_caption
-from selfforcing.world.renderer import render_tensor
+from selfforcing.world.renderer import render_labels, render_tensor
 from selfforcing.world.scene import Scene
 from selfforcing.world.splits import train_scene
+
+
+# What each pixel of a clip shows, attribute by attribute (`WorldDataset.labels`): class 0 is the background,
+# class i + 1 the i-th word of the vocabulary.
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "shape": vocab.SHAPES, "colour": vocab.COLOURS, "size": vocab.SIZES, "motion": vocab.MOTIONS,
+}
+
+
+def label_maps(scene: Scene, start_frame: int, num_frames: int, *, size: int = vocab.FRAME_SIZE,
+               fps: int = vocab.FPS) -> torch.Tensor:
+    """Per-pixel attribute classes of a clip: uint8 (F, G, H, W), one map for each of the G `LABEL_GROUPS`
+    (0 where the background shows, i + 1 where an object whose attribute is the group's i-th word does)."""
+    objects = render_labels(scene, start_frame, num_frames, size=size, fps=fps).astype(np.int64)  # (F, H, W)
+    table = np.zeros((len(LABEL_GROUPS), len(scene.objects) + 1), dtype=np.uint8)          # (G, objects + 1)
+    for k, obj in enumerate(scene.objects):
+        for g, (attribute, words) in enumerate(LABEL_GROUPS.items()):
+            table[g, k + 1] = words.index(getattr(obj, attribute)) + 1
+    return torch.from_numpy(np.ascontiguousarray(table[:, objects].transpose(1, 0, 2, 3)))  # (F, G, H, W)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,12 @@ class WorldDataset(Dataset):
         """(short, detailed) captions of item `index`, the same as `self[index]`'s, without rendering."""
         scene, (_, variant) = self.scene(index), self._draws(index)
         return short_caption(scene, variant), detailed_caption(scene, variant)
+
+    def labels(self, index: int) -> torch.Tensor:
+        """`label_maps` of item `index`'s clip: uint8 (F, G, H, W), aligned with `self[index]`'s video."""
+        c = self.config
+        start, _ = self._draws(index)
+        return label_maps(self.scene(index), start, c.num_frames, size=c.size, fps=c.fps)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str, Scene]:
         c = self.config

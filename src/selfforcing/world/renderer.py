@@ -104,14 +104,11 @@ def _window(centre: np.ndarray, reach: float, size: int, wrap: bool) -> slice:
     return slice(max(0, int(np.floor(lo * size)) - margin), min(size, int(np.ceil(hi * size)) + margin))
 
 
-def render_float(scene: Scene, start_frame: int = 0, num_frames: int = vocab.CLIP_FRAMES, *,
-                 size: int = vocab.FRAME_SIZE, fps: int = vocab.FPS) -> np.ndarray:
-    """Render frames [start_frame, start_frame + num_frames) as float32 (F, H, W, 3) in [0, 1]."""
-    if size < 8:
-        raise ValueError(f"size must be at least 8 pixels, got {size}")
+def _object_coverages(scene: Scene, start_frame: int, num_frames: int, size: int, fps: int):
+    """Yield (object, rows, cols, alpha (F, h, w)) for each object, back to front: its anti-aliased coverage
+    inside the window of pixels it can reach during the clip."""
     centres = (np.arange(size, dtype=np.float32) + 0.5) / size                   # (W,) frame units
     px, py = centres[None, None, :], centres[None, :, None]                      # (1, 1, W), (1, H, 1)
-    video = np.broadcast_to(background_image(scene.background, size), (num_frames, size, size, 3)).copy()
     for obj in scene.objects:
         state = object_state(obj, start_frame, num_frames, fps)
         reach = float(state.radius.max())
@@ -126,11 +123,33 @@ def render_float(scene: Scene, start_frame: int = 0, num_frames: int = vocab.CLI
         u = (cos * dx + sin * dy) / r                                            # (F, h, w) local, units of r
         v = (cos * dy - sin * dx) / r
         sdf_px = SDF[obj.shape](u, v) * (r * size)                               # (F, h, w) pixels
-        alpha = coverage(sdf_px)[..., None]                                      # (F, h, w, 1)
+        yield obj, rows, cols, coverage(sdf_px)                                  # (F, h, w)
+
+
+def render_float(scene: Scene, start_frame: int = 0, num_frames: int = vocab.CLIP_FRAMES, *,
+                 size: int = vocab.FRAME_SIZE, fps: int = vocab.FPS) -> np.ndarray:
+    """Render frames [start_frame, start_frame + num_frames) as float32 (F, H, W, 3) in [0, 1]."""
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}")
+    video = np.broadcast_to(background_image(scene.background, size), (num_frames, size, size, 3)).copy()
+    for obj, rows, cols, alpha in _object_coverages(scene, start_frame, num_frames, size, fps):
         colour = np.array(vocab.PALETTE[obj.colour], dtype=np.float32) / 255     # (3,)
         window = video[:, rows, cols]                                            # (F, h, w, 3) view
-        window += alpha * (colour - window)                                      # "over" compositing
+        window += alpha[..., None] * (colour - window)                           # "over" compositing
     return video
+
+
+def render_labels(scene: Scene, start_frame: int = 0, num_frames: int = vocab.CLIP_FRAMES, *,
+                  size: int = vocab.FRAME_SIZE, fps: int = vocab.FPS) -> np.ndarray:
+    """Which object each pixel of `render`'s frames shows: int8 (F, H, W), k + 1 for `scene.objects[k]` where
+    its coverage is at least one half and no later (nearer) object's is, 0 for the background."""
+    if size < 8:
+        raise ValueError(f"size must be at least 8 pixels, got {size}")
+    labels = np.zeros((num_frames, size, size), dtype=np.int8)
+    for k, (_, rows, cols, alpha) in enumerate(_object_coverages(scene, start_frame, num_frames, size, fps)):
+        window = labels[:, rows, cols]                                           # (F, h, w) view
+        window[alpha >= 0.5] = k + 1
+    return labels
 
 
 def render(scene: Scene, start_frame: int = 0, num_frames: int = vocab.CLIP_FRAMES, *,
