@@ -414,3 +414,5 @@ def test_the_scene_loss_trains_a_probe_that_exports_leave_out(tmp_path):
         assert torch.equal(v, params(resumed.networks["model"])[k]), k
     with pytest.raises(ValueError, match="world clips"):
         Trainer(tiny(tmp_path / "d", "teacher.scene_weight=0.5", "data.source=prompts"))
+    with pytest.raises(ValueError, match="scene_layer 2 is not a block"):
+        Trainer(tiny(tmp_path / "d", "teacher.scene_weight=0.5", "teacher.scene_layer=2"))

@@ -152,6 +152,9 @@ def _teacher_networks(config: TrainConfig) -> dict[str, nn.Module]:
     if config.teacher.scene_weight > 0:                  # the scene loss's probe, dropped from exported weights
         if config.data.source != "world":
             raise ValueError("teacher.scene_weight needs world clips (data.source=world): they carry the labels")
+        if config.teacher.scene_layer >= model.num_layers:
+            raise ValueError(f"teacher.scene_layer {config.teacher.scene_layer} is not a block of the "
+                             f"{model.num_layers}-block model")
         model = model.replace(probe=sum(SCENE_CLASSES), probe_layer=config.teacher.scene_layer)
     return {"model": _load_or_new(config.teacher.init_from, model)}
 
