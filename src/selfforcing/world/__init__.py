@@ -27,12 +27,11 @@ from selfforcing.world.vocab import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "CLIP_FRAMES", "COLOURS", "DEFAULTS", "FPS", "FRAME_SIZE", "HELDOUT_SIZE", "LABEL_GROUPS", "MOTIONS",
-    "PALETTE", "SHAPES", "SIZES", "SPEEDS",
-    "Clip", "ObjectState", "ParsedPrompt", "PartialObject", "Scene", "WorldDataConfig", "WorldDataset",
-    "WorldObject",
-    "attribute_key", "caption_variant", "collate_world", "detailed_caption", "extend_prompt", "heldout_prompts",
-    "heldout_scenes", "is_heldout", "label_maps", "object_state", "parse_prompt", "read_clips", "read_video", "render",
-    "render_float", "render_labels", "render_tensor", "sample_scene", "scene_from_prompt", "scene_states", "short_caption",
-    "split_key", "to_tensor", "to_uint8", "train_scene", "train_scenes", "write_clips", "write_video",
+    "BACKGROUNDS", "CLIP_FRAMES", "COLOURS", "DEFAULTS", "FPS", "FRAME_SIZE", "HELDOUT_SIZE", "LABEL_GROUPS",
+    "MOTIONS", "PALETTE", "SHAPES", "SIZES", "SPEEDS", "Clip", "ObjectState", "ParsedPrompt", "PartialObject",
+    "Scene", "WorldDataConfig", "WorldDataset", "WorldObject", "attribute_key", "caption_variant", "collate_world",
+    "detailed_caption", "extend_prompt", "heldout_prompts", "heldout_scenes", "is_heldout", "label_maps",
+    "object_state", "parse_prompt", "read_clips", "read_video", "render", "render_float", "render_labels",
+    "render_tensor", "sample_scene", "scene_from_prompt", "scene_states", "short_caption", "split_key", "to_tensor",
+    "to_uint8", "train_scene", "train_scenes", "write_clips", "write_video",
 ]
