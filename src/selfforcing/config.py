@@ -87,6 +87,13 @@ class WanConfig:
             network's representation, such as the world teacher's scene loss (`TeacherConfig.scene_weight`).
             It never touches the velocity; weights named `probe.*`, dropped when a run exports its weights.
         probe_layer: the block (0-based) whose output the probe reads.
+        self_cond: self-conditioning (Chen et al. 2023, "Analog Bits"): the network also reads an estimate of
+            the clean video (`WanDiT.forward(..., x0_cond=...)`), in sampling the one it made at the previous
+            step, so each step refines the last one's layout instead of drawing it again from x_t alone. A
+            second patch embedding (`self_cond_embedding.*`, no bias, starting at zero) adds it to the tokens;
+            no estimate reads as zeros, so a model gains it with its function unchanged and callers that pass
+            none (the distillation losses' score evaluations) get the plain denoiser. Bidirectional models
+            only; a model with it is not Wan-layout. Trained by the teacher (`TeacherConfig.self_cond_prob`).
     """
 
     dim: int = 1536
@@ -116,6 +123,7 @@ class WanConfig:
     rope_mixed: bool = False
     probe: int = 0
     probe_layer: int = 1
+    self_cond: bool = False
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -131,6 +139,8 @@ class WanConfig:
         if self.probe < 0 or (self.probe and not 0 <= self.probe_layer < self.num_layers):
             raise ValueError(f"probe must be non-negative and probe_layer a block index below num_layers "
                              f"{self.num_layers}, got {self.probe} and {self.probe_layer}")
+        if self.self_cond and self.causal:
+            raise ValueError("self_cond is for bidirectional models: a causal model (causal=True) cannot have it")
         if not 0 < self.min_sigma <= 1:
             raise ValueError(f"min_sigma must lie in (0, 1], got {self.min_sigma}")
         if self.dim % self.num_heads:

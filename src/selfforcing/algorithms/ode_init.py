@@ -50,7 +50,8 @@ def sample_ode_trajectory(
     """Euler-integrate the guided teacher flow and keep selected states.
 
     Args:
-        teacher: bidirectional WanDiT.
+        teacher: bidirectional WanDiT; a self-conditioned one reads its own last estimate of x_0 in each
+            branch, as `sample_teacher` does.
         context: (B, L, D); uncond_context: (1 or B, L, D) negative prompt.
         noise: (B, F, C, H, W) the starting noise (σ = 1).
         flow: schedule giving the sampling σ's (its shift).
@@ -63,14 +64,23 @@ def sample_ode_trajectory(
     keep = keep_indices(num_steps) if keep is None else keep
     sigmas = flow.sampling_sigmas(num_steps)
     uncond = uncond_context.expand_as(context)
+    self_cond = getattr(getattr(teacher, "config", None), "self_cond", False)
+    estimates = {}                                     # a self-conditioned teacher's last x_0, per branch
     x, states = noise, []
+
+    def velocity(t: torch.Tensor, ctx: torch.Tensor, branch: str) -> torch.Tensor:
+        v = teacher(x, t, ctx, **({"x0_cond": estimates.get(branch)} if self_cond else {}))
+        if self_cond:
+            estimates[branch] = x.float() - float(t[0]) / 1000.0 * v.float()
+        return v
+
     for i in range(num_steps):
         if i in keep:
             states.append(x)
         t = torch.full((x.shape[0],), 1000.0 * float(sigmas[i]), device=x.device)
-        v = teacher(x, t, context)
+        v = velocity(t, context, "cond")
         if guidance != 1.0:
-            v = cfg(v, teacher(x, t, uncond), guidance)
+            v = cfg(v, velocity(t, uncond, "uncond"), guidance)
         x = x + v * float(sigmas[i + 1] - sigmas[i])                       # Euler step
     states.append(x)
     timesteps = torch.tensor([1000.0 * float(sigmas[i]) for i in keep] + [0.0])

@@ -28,7 +28,8 @@ from einops import rearrange
 from ..diffusion.flow import FlowMatching
 from .base import Batch, Logs, SampleRNG, Update, unwrap
 
-__all__ = ["TeacherConfig", "motion_weights", "scene_targets", "scene_loss", "teacher_loss", "TeacherTraining"]
+__all__ = ["TeacherConfig", "motion_weights", "scene_targets", "scene_loss", "self_condition", "teacher_loss",
+           "TeacherTraining"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class TeacherConfig:
             exactly that. World clips only (they carry their labels); the probe is dropped from exported
             weights. 0: off.
         scene_layer: the block (0-based) whose token states the probe reads.
+        self_cond_prob: for a self-conditioned model (`WanConfig.self_cond`), the share of samples trained with
+            the model's own estimate of the clean clip as the extra input: a first forward without gradient
+            from x_t alone, then the trained forward reading it (Chen et al. 2023); the other samples read
+            zeros, as the first sampling step does. Ignored for a model without self-conditioning.
     """
 
     shift: float = 5.0
@@ -90,6 +95,7 @@ class TeacherConfig:
     temporal_weight: float = 0.0
     scene_weight: float = 0.0
     scene_layer: int = 1
+    self_cond_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if self.shift <= 0 or self.sample_shift <= 0:
@@ -108,6 +114,8 @@ class TeacherConfig:
             raise ValueError(f"motion_span must be 'clip' or 'frame', got {self.motion_span!r}")
         if self.temporal_weight < 0:
             raise ValueError(f"temporal_weight must be non-negative, got {self.temporal_weight}")
+        if not 0.0 <= self.self_cond_prob <= 1.0:
+            raise ValueError(f"self_cond_prob must lie in [0, 1], got {self.self_cond_prob}")
         if self.scene_weight < 0 or self.scene_layer < 0:
             raise ValueError(f"scene_weight and scene_layer must be non-negative, got {self.scene_weight} and "
                              f"{self.scene_layer}")
@@ -173,6 +181,32 @@ def scene_loss(logits: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tenso
     return torch.stack(kl).mean()
 
 
+def self_condition(
+    model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, use: torch.Tensor,
+    flow: FlowMatching,
+) -> torch.Tensor:
+    """The self-conditioning input of a training step (`TeacherConfig.self_cond_prob`): for the samples with
+    `use` (B,) bool, the model's own estimate of x_0 from x_t alone (one forward without gradient), zeros for
+    the others. Single-process, only those samples run; under torch.distributed every process runs its whole
+    batch, so that all of them make the same collective calls.
+
+    Returns:
+        (B, F, C, H, W) float32, the same shape as x_t.
+    """
+    x0_cond = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rows = torch.arange(x_t.shape[0], device=x_t.device)
+    else:
+        rows = use.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return x0_cond
+    with torch.no_grad():
+        v = model(x_t[rows], t[rows], context[rows]).float()               # (b, F, C, H, W)
+        x0 = flow.x0_from_velocity(x_t[rows].float(), v, t[rows])
+    x0_cond[rows] = torch.where(use[rows].view(-1, 1, 1, 1, 1), x0, 0.0)
+    return x0_cond
+
+
 def teacher_loss(
     model: nn.Module,
     x_0: torch.Tensor,
@@ -191,6 +225,7 @@ def teacher_loss(
     labels: torch.Tensor | None = None,
     scene_classes: tuple[int, ...] = (),
     scene_weight: float = 0.0,
+    self_cond: float = 0.0,
 ) -> tuple[torch.Tensor, Logs]:
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
@@ -211,6 +246,8 @@ def teacher_loss(
         labels: (B, F, G, H_px, W_px) the clips' per-pixel scene labels (`Batch.labels`), for the scene loss.
         scene_classes: classes of each of the G label groups; their sum is the model's `config.probe`.
         scene_weight: λ of the scene loss (`TeacherConfig.scene_weight`); > 0 needs a model with a probe.
+        self_cond: share of samples that read the model's own estimate of x_0 (`TeacherConfig.self_cond_prob`,
+            drawn after the other draws); > 0 needs a self-conditioned model, which reads zeros otherwise.
     Returns:
         loss (0-dim, mean over the batch) and detached logs.
     """
@@ -224,13 +261,16 @@ def teacher_loss(
     t = flow.timesteps.to(x_0.device)[index]                               # (B,) or (B, F) on the shifted grid
     x_t = flow.add_noise(x_0, eps, t)                                      # x_t = (1 - σ) x_0 + σ ε
     context = torch.where(drop[:, None, None], null_context, context)      # (B, L, D_text)
+    extra = {}
+    if self_cond > 0:
+        extra["x0_cond"] = self_condition(model, x_t, t, context, rng.rand() < self_cond, flow)
 
     if scene_weight > 0:
         if labels is None:
             raise ValueError("the scene loss needs the clips' scene labels (world clips)")
-        v_pred, logits = model(x_t, t, context, probe=True)                # (B, F, C, H, W), (B, N, ΣK)
+        v_pred, logits = model(x_t, t, context, probe=True, **extra)       # (B, F, C, H, W), (B, N, ΣK)
     else:
-        v_pred = model(x_t, t, context)                                    # (B, F, C, H, W)
+        v_pred = model(x_t, t, context, **extra)                           # (B, F, C, H, W)
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
     error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
     weight = motion_weights(x_0, motion_weight, motion_span)               # (B, 1 or F, 1, H, W), mean 1
@@ -290,4 +330,5 @@ class TeacherTraining:
             motion_weight=self.config.motion_weight, motion_span=self.config.motion_span,
             temporal_weight=self.config.temporal_weight, labels=batch.labels, scene_classes=self.scene_classes,
             scene_weight=self.config.scene_weight,
+            self_cond=self.config.self_cond_prob if unwrap(self.model).config.self_cond else 0.0,
         )

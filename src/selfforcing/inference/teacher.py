@@ -7,7 +7,9 @@ guided velocity of Ho & Salimans (2022) in flow space (spec §5),
     v = v_∅ + g (v_c - v_∅),
 
 the conditional and unconditional predictions computed in one batched forward. With g = 1 the unconditional
-pass is skipped. The published teacher is sampled with shift 8 and 48-50 steps (spec §3, §4(a)).
+pass is skipped. The published teacher is sampled with shift 8 and 48-50 steps (spec §3, §4(a)). A
+self-conditioned model (`WanConfig.self_cond`) reads, at each step, the estimate of the clean video x_t - σ v
+it made at the step before (zeros at the first), the conditional and unconditional branches each their own.
 """
 
 from __future__ import annotations
@@ -96,11 +98,18 @@ def sample_teacher(
         length = max(context.shape[1], negative_context.shape[1])
         both = torch.cat([_pad_to(context, length), _pad_to(negative_context, length)])  # (2B, L, text_dim)
 
+    self_cond = getattr(model.config, "self_cond", False)
+    estimate = None                                                         # the last step's x_0, per branch
+
     def denoise(x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        nonlocal estimate
         t = torch.full((batch,), 1000.0 * float(sigma), device=device)     # (B,)
+        x_in, t_in, ctx = (x_t, t, context) if not guided else (torch.cat([x_t, x_t]), torch.cat([t, t]), both)
+        v = model(x_in, t_in, ctx, **({"x0_cond": estimate} if self_cond else {})).float()  # ((2)B, F, C, H, W)
+        if self_cond:
+            estimate = x_in.float() - float(sigma) * v
         if not guided:
-            return model(x_t, t, context).float()
-        v = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).float()  # (2B, F, C, H, W)
+            return v
         v_cond, v_uncond = v.chunk(2)
         return cfg(v_cond, v_uncond, guidance)                              # v_∅ + g (v_c - v_∅)
 

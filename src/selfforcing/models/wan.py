@@ -233,6 +233,8 @@ class WanDiT(nn.Module):
         self.pos_embedding = GridPosition(cfg) if cfg.pos_embed else None
         self.probe = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.probe)) \
             if cfg.probe else None
+        self.self_cond_embedding = nn.Conv3d(cfg.out_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
+                                             bias=False) if cfg.self_cond else None
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
         # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
         # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
@@ -256,6 +258,8 @@ class WanDiT(nn.Module):
         if self.refiner is not None:
             nn.init.zeros_(self.refiner.conv2.weight)
             nn.init.zeros_(self.refiner.conv2.bias)
+        if self.self_cond_embedding is not None:
+            nn.init.zeros_(self.self_cond_embedding.weight)
         if self.pos_embedding is not None:
             nn.init.zeros_(self.pos_embedding.row)
             nn.init.zeros_(self.pos_embedding.col)
@@ -287,9 +291,12 @@ class WanDiT(nn.Module):
             e0 = self.time_projection(e).unflatten(1, (6, -1))                 # (B*F, 6, D)
         return e.float().unflatten(0, (batch, num_frames)), e0.float().unflatten(0, (batch, num_frames))
 
-    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F, C, H, W) -> (B, F*h*w, D) float32, with the absolute positions of `config.pos_embed`."""
+    def _patchify(self, x: torch.Tensor, x0_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F, C, H, W) -> (B, F*h*w, D) float32, with the absolute positions of `config.pos_embed` and the
+        self-conditioning estimate `x0_cond` (B, F, C_out, H, W) of `config.self_cond`."""
         x = self.patch_embedding(rearrange(x, "b f c h w -> b c f h w").to(self.dtype))
+        if x0_cond is not None:
+            x = x + self.self_cond_embedding(rearrange(x0_cond, "b f c h w -> b c f h w").to(self.dtype))
         h, w = x.shape[-2:]
         tokens = rearrange(x, "b d f h w -> b f (h w) d").float()         # (B, F, N_f, D)
         if self.pos_embedding is not None:
@@ -314,6 +321,7 @@ class WanDiT(nn.Module):
         start_frame: int = 0,
         hidden_layers: tuple[int, ...] = (),
         probe: bool = False,
+        x0_cond: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """Predict the flow (velocity) of a noisy latent video (with `config.prediction` "x0" or "edm" the
         head predicts the clean video, directly or preconditioned, and the velocity it implies is returned).
@@ -329,6 +337,8 @@ class WanDiT(nn.Module):
                 discriminator reads them).
             probe: also return the training probe's outputs (B, N, config.probe), float32, read from the token
                 states after block `config.probe_layer` (no caches, no teacher forcing, no hidden_layers).
+            x0_cond: (B, F, C_out, H, W) an estimate of the clean video for self-conditioning (`config.self_cond`),
+                e.g. the previous sampling step's; None reads as zeros.
         Returns:
             v_pred: (B, F, C_out, H, W), float32; with hidden_layers, (v_pred, [hidden states]); with probe,
             (v_pred, probe outputs).
@@ -343,19 +353,26 @@ class WanDiT(nn.Module):
         if probe and (self.probe is None or hidden_layers or kv_cache is not None or clean_x is not None):
             raise ValueError("probe=True needs a model with a probe (config.probe > 0), without hidden_layers, "
                              "KV caches or teacher forcing")
+        if x0_cond is not None:
+            if self.self_cond_embedding is None:
+                raise ValueError("x0_cond needs a self-conditioned model (config.self_cond=True)")
+            expected = (*x.shape[:2], cfg.out_dim, *x.shape[3:])
+            if tuple(x0_cond.shape) != expected:
+                raise ValueError(f"x0_cond must be {expected}, got {tuple(x0_cond.shape)}")
         layers = (*hidden_layers, cfg.probe_layer) if probe else hidden_layers
         autocast = (
             torch.autocast(x.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         )
         with autocast:
             v_pred, hidden = self._forward(
-                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, layers
+                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, layers, x0_cond
             )
             if probe:
                 return v_pred, self.probe(hidden[0]).float()                 # (B, N, probe)
         return (v_pred, hidden) if hidden_layers else v_pred
 
-    def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers):
+    def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers,
+                 x0_cond=None):
         cfg = self.config
         batch, num_frames, _, height, width = x.shape
         _, ph, pw = cfg.patch_size
@@ -364,7 +381,7 @@ class WanDiT(nn.Module):
         positions = torch.arange(start_frame, start_frame + num_frames, device=x.device)
 
         e, e0 = self._time(t, batch, num_frames)                            # (B, F, D), (B, F, 6, D)
-        tokens = self._patchify(x)                                          # (B, F*N_f, D)
+        tokens = self._patchify(x, x0_cond)                                 # (B, F*N_f, D)
         mask = None
         if clean_x is not None:
             if clean_t is None:

@@ -87,7 +87,7 @@ class AlgorithmEntry:
 
 # optional parts a checkpoint can gain with its function unchanged: config field -> what its weights' names hold
 _GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding.", "rope_mixed": ".self_attn.rope_freqs",
-             "probe": "probe."}
+             "probe": "probe.", "self_cond": "self_cond_embedding."}
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
