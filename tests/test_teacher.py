@@ -9,7 +9,7 @@ import torch
 
 from selfforcing.models.codec import WORLD_LATENT_NORM
 from selfforcing.algorithms import Batch, SampleRNG, TeacherConfig, TeacherTraining, teacher_loss
-from selfforcing.algorithms.teacher import motion_weights, scene_loss, scene_targets
+from selfforcing.algorithms.teacher import motion_weights, scene_loss, scene_targets, self_condition
 from selfforcing.config import get_preset
 from selfforcing.diffusion.flow import FlowMatching
 from selfforcing.inference.teacher import decode_to_uint8, sample_teacher
@@ -316,6 +316,105 @@ def test_scene_weight_adds_the_probes_loss_to_the_denoising_loss():
         algo.loss(Batch(context=batch.context, null_context=batch.null_context, seeds=batch.seeds, x_0=batch.x_0))
     with pytest.raises(ValueError, match="scene_weight"):
         TeacherConfig(scene_weight=-1.0)
+
+
+# -------------------------------------------------------------------------------------- self-conditioning
+def _self_cond_model(silent: bool = True) -> WanDiT:
+    """A small self-conditioned world model, perturbed from Wan's init (which predicts zero velocity); with
+    `silent` its self-conditioning embedding keeps its zero start."""
+    torch.manual_seed(0)
+    model = WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32,
+                                               text_dim=D, text_len=L, self_cond=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not (silent and name.startswith("self_cond_embedding")):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+class Spy(torch.nn.Module):
+    """Records every call's input, timestep, self-conditioning input and output."""
+
+    def __init__(self, model: WanDiT):
+        super().__init__()
+        self.model, self.config, self.calls = model, model.config, []
+
+    def forward(self, x, t, context, x0_cond=None):
+        v = self.model(x, t, context, x0_cond=x0_cond)
+        self.calls.append((x, t, x0_cond, v))
+        return v
+
+
+def test_self_conditioning_starts_silent_and_then_reads_the_estimate():
+    model = _self_cond_model()
+    plain = WanDiT(model.config.replace(self_cond=False))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("self_cond_embedding")})
+    x, t, ctx = _randn(2, F, C, H, W), torch.tensor([300.0, 800.0]), _randn(2, L, D, seed=1)
+    estimate = _randn(2, F, C, H, W, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, ctx), plain(x, t, ctx))
+        torch.testing.assert_close(model(x, t, ctx, x0_cond=estimate), plain(x, t, ctx))
+        model.self_cond_embedding.weight.normal_(std=0.05)
+        assert torch.equal(model(x, t, ctx), model(x, t, ctx, x0_cond=torch.zeros_like(estimate)))
+        assert not torch.allclose(model(x, t, ctx, x0_cond=estimate), model(x, t, ctx), atol=1e-3)
+        with pytest.raises(ValueError, match="self-conditioned model"):
+            plain(x, t, ctx, x0_cond=estimate)
+        with pytest.raises(ValueError, match="x0_cond must be"):
+            model(x, t, ctx, x0_cond=estimate[:, :1])
+    with pytest.raises(ValueError, match="bidirectional"):
+        model.config.replace(causal=True)
+
+
+def test_self_condition_gives_the_chosen_samples_the_models_own_estimate():
+    model, flow = _self_cond_model(silent=False), FlowMatching(shift=5.0)
+    x_t, t, ctx = _randn(3, F, C, H, W), torch.tensor([200.0, 600.0, 950.0]), _randn(3, L, D, seed=1)
+    with torch.no_grad():
+        expected = flow.x0_from_velocity(x_t, model(x_t, t, ctx), t)     # from x_t alone
+    cond = self_condition(model, x_t, t, ctx, torch.tensor([True, False, True]), flow)
+    torch.testing.assert_close(cond[[0, 2]], expected[[0, 2]], rtol=1e-4, atol=1e-4)
+    assert torch.equal(cond[1], torch.zeros_like(cond[1])) and not cond.requires_grad
+    spy = Spy(model)
+    assert torch.equal(self_condition(spy, x_t, t, ctx, torch.zeros(3, dtype=torch.bool), flow),
+                       torch.zeros_like(x_t)) and not spy.calls
+
+
+def test_the_teacher_trains_the_self_conditioning_on_its_own_estimates():
+    model = _self_cond_model()
+    batch = Batch(context=_randn(2, L, D), null_context=torch.zeros(2, L, D), seeds=torch.tensor([1, 2]),
+                  x_0=_randn(2, F, C, H, W))
+    off, _ = TeacherTraining(TeacherConfig(self_cond_prob=0.0), model).loss(batch)
+    on, _ = TeacherTraining(TeacherConfig(self_cond_prob=1.0), model).loss(batch)
+    torch.testing.assert_close(on, off)          # the same draws; the silent embedding changes nothing yet ...
+    on.backward()
+    assert model.self_cond_embedding.weight.grad.abs().sum() > 0         # ... but it learns to read the estimate
+    with torch.no_grad():
+        model.self_cond_embedding.weight.normal_(std=0.05)
+    changed, _ = TeacherTraining(TeacherConfig(self_cond_prob=1.0), model).loss(batch)
+    again, _ = TeacherTraining(TeacherConfig(self_cond_prob=0.0), model).loss(batch)
+    assert torch.equal(again, off) and not torch.allclose(changed, off)
+    with pytest.raises(ValueError, match="self_cond_prob"):
+        TeacherConfig(self_cond_prob=1.5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_sampler_feeds_each_step_the_last_steps_estimate(guidance):
+    spy = Spy(_self_cond_model(silent=False)).eval()
+    _sample(spy, steps=4, guidance=guidance, negative_context=_randn(1, L, D, seed=9))
+    assert len(spy.calls) == 4 and spy.calls[0][2] is None
+    for (x, t, _, v), (_, _, x0_cond, _) in zip(spy.calls, spy.calls[1:]):
+        torch.testing.assert_close(x0_cond, x - (t / 1000).view(-1, 1, 1, 1, 1) * v)
+
+
+def test_an_ode_trajectory_feeds_each_branch_its_own_estimate():
+    from selfforcing.algorithms.ode_init import sample_ode_trajectory
+
+    spy = Spy(_self_cond_model(silent=False)).eval()
+    with torch.no_grad():
+        sample_ode_trajectory(spy, _randn(2, L, D, seed=1), _randn(1, L, D, seed=9), _randn(2, F, C, H, W),
+                              flow=FlowMatching(shift=5.0), num_steps=4, guidance=3.0)
+    assert len(spy.calls) == 8 and spy.calls[0][2] is None and spy.calls[1][2] is None
+    for (x, t, _, v), (_, _, x0_cond, _) in zip(spy.calls, spy.calls[2:]):   # cond after cond, uncond after uncond
+        torch.testing.assert_close(x0_cond, x - (t / 1000).view(-1, 1, 1, 1, 1) * v)
 
 
 # ------------------------------------------------------------------------------------------------ sampler

@@ -416,3 +416,23 @@ def test_the_scene_loss_trains_a_probe_that_exports_leave_out(tmp_path):
         Trainer(tiny(tmp_path / "d", "teacher.scene_weight=0.5", "data.source=prompts"))
     with pytest.raises(ValueError, match="scene_layer 2 is not a block"):
         Trainer(tiny(tmp_path / "d", "teacher.scene_weight=0.5", "teacher.scene_layer=2"))
+
+
+def test_a_self_conditioned_teacher_trains_exports_and_grows_from_a_plain_one(tmp_path):
+    """model.self_cond trains the self-conditioning embedding from zero, exports it, and a run from a
+    checkpoint without it grows it at zero with the other weights as they were."""
+    from selfforcing.io.checkpoints import load_transformer
+
+    plain = Trainer(tiny(tmp_path / "a", "schedule.steps=2"))
+    plain.fit()
+    trainer = Trainer(tiny(tmp_path / "b", "model.self_cond=true", "schedule.steps=2",
+                           f"teacher.init_from={tmp_path / 'a' / 'model.safetensors'}"))
+    model = trainer.networks["model"]
+    assert torch.equal(model.self_cond_embedding.weight, torch.zeros_like(model.self_cond_embedding.weight))
+    for k, v in plain.networks["model"].state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    trainer.fit()
+    assert model.self_cond_embedding.weight.abs().sum() > 0
+    exported = load_transformer(tmp_path / "b" / "model.safetensors")
+    assert exported.config.self_cond
+    torch.testing.assert_close(exported.self_cond_embedding.weight, model.self_cond_embedding.weight)

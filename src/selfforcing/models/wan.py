@@ -2,8 +2,9 @@
 
 One module serves the teacher and critic (`config.causal = False`, full attention) and the autoregressive
 generator (`config.causal = True`): parameter names and shapes are exactly Wan2.1's, so the published Wan
-and Self-Forcing weights load as they are (the optional output refiner of `config.refine`, off for every Wan
-preset, adds `refiner.*` weights of its own). The network knows nothing about noise: it maps a noisy latent
+and Self-Forcing weights load as they are (the optional parts, off for every Wan preset, add weights of their own:
+the output refiner of `config.refine`, the absolute positions of `config.pos_embed`, the probe of `config.probe`,
+the self-conditioning embedding of `config.self_cond`). The network knows nothing about noise: it maps a noisy latent
 video, per-frame timesteps t in [0, 1000] and text embeddings to a velocity prediction.
 
 Forward modes of the causal model:
