@@ -436,3 +436,27 @@ def test_a_self_conditioned_teacher_trains_exports_and_grows_from_a_plain_one(tm
     exported = load_transformer(tmp_path / "b" / "model.safetensors")
     assert exported.config.self_cond
     torch.testing.assert_close(exported.self_cond_embedding.weight, model.self_cond_embedding.weight)
+
+
+def test_a_causal_generator_starts_from_a_self_conditioned_teachers_plain_denoiser(tmp_path):
+    """A generator (or a teacher without self-conditioning) initialised from a self-conditioned checkpoint
+    takes every weight but the estimate's embedding: the function the teacher has when it reads no estimate."""
+    from selfforcing.config import get_preset
+    from selfforcing.io.checkpoints import load_transformer
+    from selfforcing.training.trainer import _load_or_new
+
+    Trainer(tiny(tmp_path / "a", "model.self_cond=true", "teacher.self_cond_prob=1", "schedule.steps=4")).fit()
+    path = str(tmp_path / "a" / "model.safetensors")
+    teacher = load_transformer(path)
+    assert teacher.self_cond_embedding.weight.abs().sum() > 0
+    causal = _load_or_new(path, teacher.config.replace(self_cond=False, causal=True, num_frame_per_block=1))
+    plain = _load_or_new(path, teacher.config.replace(self_cond=False))
+    for model in (causal, plain):
+        assert model.self_cond_embedding is None
+        kept = model.state_dict()
+        assert kept.keys() == {k for k in teacher.state_dict() if not k.startswith("self_cond_embedding")}
+        for k, v in kept.items():
+            assert torch.equal(v, teacher.state_dict()[k]), k
+    assert causal.config.causal and not plain.config.causal
+    with pytest.raises(ValueError, match="bidirectional"):
+        get_preset("tiny-causal").replace(self_cond=True)

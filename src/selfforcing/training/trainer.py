@@ -95,31 +95,40 @@ def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
     checkpoint that keep its function: `config.num_layers` a multiple of the stored depth interleaves silent
     copies of its blocks (`grow_depth`); an output refiner (`WanConfig.refine`) or absolute positions
     (`WanConfig.pos_embed`) the checkpoint lacks start at zero, mixed RoPE (`WanConfig.rope_mixed`) at the
-    axial frequencies."""
+    axial frequencies. A self-conditioned checkpoint (`WanConfig.self_cond`) loads into a network without
+    self-conditioning, a causal generator for one, as its plain denoiser: the embedding of the estimate, which
+    reads none as zeros, is left out."""
     if not path:
         return WanDiT(config)
     stored = describe_checkpoint(path)["config"]
     layers = stored.get("num_layers") or config.num_layers
     new = {field: prefix for field, prefix in _GROWABLE.items() if getattr(config, field) and not stored.get(field)}
-    if layers == config.num_layers and not new:
+    drop = bool(stored.get("self_cond")) and not config.self_cond
+    if layers == config.num_layers and not new and not drop:
         return load_transformer(path, config=config, dtype=torch.float32)
     if config.num_layers % layers:
         raise ValueError(f"{path} has {layers} blocks: a model grown from it needs a multiple of {layers} "
                          f"blocks, got model.num_layers={config.num_layers}")
     off = {field: type(getattr(config, field))() for field in new}          # 0 / False: the part absent
+    if drop:
+        off.update(self_cond=True, causal=False)                           # loaded as stored, then left out
     base = load_transformer(path, config=config.replace(num_layers=layers, **off),
                             dtype=torch.float32)
     if layers != config.num_layers:
         base = grow_depth(base, config.num_layers)
         log.info("%s has %d blocks: grown to %d, each block followed by silent copies of itself",
                  path, layers, config.num_layers)
-    if not new:
+    if not new and not drop:
         return base
     model = WanDiT(config)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    state = {k: v for k, v in base.state_dict().items() if not (drop and k.startswith("self_cond_embedding."))}
+    if drop:
+        log.info("%s is self-conditioned: loaded as its plain denoiser, without the estimate's embedding", path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(any(part in k for part in new.values()) for k in missing), (missing, unexpected)
-    log.info("%s lacks %s: new weights starting with the function unchanged", path,
-             ", ".join(f"model.{field}" for field in new))
+    if new:
+        log.info("%s lacks %s: new weights starting with the function unchanged", path,
+                 ", ".join(f"model.{field}" for field in new))
     return model
 
 
