@@ -71,7 +71,7 @@ def sample_ode_trajectory(
     def velocity(t: torch.Tensor, ctx: torch.Tensor, branch: str) -> torch.Tensor:
         v = teacher(x, t, ctx, **({"x0_cond": estimates.get(branch)} if self_cond else {}))
         if self_cond:
-            estimates[branch] = x.float() - float(t[0]) / 1000.0 * v.float()
+            estimates[branch] = flow.x0_from_velocity(x.float(), v.float(), t)
         return v
 
     for i in range(num_steps):

@@ -98,6 +98,7 @@ def sample_teacher(
         length = max(context.shape[1], negative_context.shape[1])
         both = torch.cat([_pad_to(context, length), _pad_to(negative_context, length)])  # (2B, L, text_dim)
 
+    flow = FlowMatching(shift=shift)
     self_cond = getattr(model.config, "self_cond", False)
     estimate = None                                                         # the last step's x_0, per branch
 
@@ -107,13 +108,13 @@ def sample_teacher(
         x_in, t_in, ctx = (x_t, t, context) if not guided else (torch.cat([x_t, x_t]), torch.cat([t, t]), both)
         v = model(x_in, t_in, ctx, **({"x0_cond": estimate} if self_cond else {})).float()  # ((2)B, F, C, H, W)
         if self_cond:
-            estimate = x_in.float() - float(sigma) * v
+            estimate = flow.x0_from_velocity(x_in.float(), v, t_in)
         if not guided:
             return v
         v_cond, v_uncond = v.chunk(2)
         return cfg(v_cond, v_uncond, guidance)                              # v_∅ + g (v_c - v_∅)
 
-    sigmas = FlowMatching(shift=shift).sampling_sigmas(steps)               # (steps + 1,) from 1 to 0
+    sigmas = flow.sampling_sigmas(steps)                                    # (steps + 1,) from 1 to 0
     return SAMPLERS[sampler](denoise, x, sigmas, callback=callback)
 
 
