@@ -9,7 +9,7 @@ import torch
 
 from selfforcing.models.codec import WORLD_LATENT_NORM
 from selfforcing.algorithms import Batch, SampleRNG, TeacherConfig, TeacherTraining, teacher_loss
-from selfforcing.algorithms.teacher import motion_weights, scene_loss, scene_targets, self_condition
+from selfforcing.algorithms.teacher import motion_weights, scene_loss, scene_targets, self_condition, tube_mask
 from selfforcing.config import get_preset
 from selfforcing.diffusion.flow import FlowMatching
 from selfforcing.inference.teacher import decode_to_uint8, sample_teacher
@@ -394,6 +394,106 @@ def test_the_teacher_trains_the_self_conditioning_on_its_own_estimates():
     assert torch.equal(again, off) and not torch.allclose(changed, off)
     with pytest.raises(ValueError, match="self_cond_prob"):
         TeacherConfig(self_cond_prob=1.5)
+
+
+# ------------------------------------------------------------------------------------------ masked training
+def _masked_model(layers: int = 3, decoder: int = 1, **extra) -> WanDiT:
+    """A small world model with masked training's mask token, perturbed from Wan's init."""
+    torch.manual_seed(0)
+    model = WanDiT(get_preset("world").replace(dim=32, ffn_dim=64, num_heads=2, num_layers=layers, freq_dim=32,
+                                               text_dim=D, text_len=L, mask_decoder=decoder, **extra))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_masked_tokens_inputs_never_reach_the_prediction_and_without_keep_the_network_is_plain():
+    model = _masked_model()
+    x, t, ctx = _randn(2, F, C, 8, 8), torch.tensor([300.0, 800.0]), _randn(2, L, D, seed=1)   # 4x4 tokens a frame
+    keep = torch.tensor([[0, 2, 5, 7, 8, 13], [1, 3, 4, 10, 11, 15]])[:, None].expand(2, F, 6)
+    with torch.no_grad():
+        v = model(x, t, ctx, keep=keep)
+        hidden = torch.ones(2, 16, dtype=torch.bool).scatter(1, keep[:, 0], False).view(2, 1, 1, 4, 4)
+        hidden = hidden.repeat_interleave(2, -2).repeat_interleave(2, -1)        # (2, 1, 1, 8, 8) pixels
+        changed = torch.where(hidden, x + 3 * _randn(*x.shape, seed=5), x)
+        flow = FlowMatching()                                           # the world's head predicts x0
+        torch.testing.assert_close(flow.x0_from_velocity(changed, model(changed, t, ctx, keep=keep), t),
+                                   flow.x0_from_velocity(x, v, t), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(model(x + 0.5 * (~hidden), t, ctx, keep=keep), v, atol=1e-3)
+        plain = WanDiT(model.config.replace(mask_decoder=0))
+        plain.load_state_dict({k: w for k, w in model.state_dict().items() if k != "mask_token"})
+        torch.testing.assert_close(model(x, t, ctx), plain(x, t, ctx))
+        assert not torch.allclose(model(x, t, ctx), v, atol=1e-3)
+        for bad in (keep[:, :, :0], keep[:1], torch.arange(16).expand(2, F, 16)):
+            with pytest.raises(ValueError, match="keep must be"):
+                model(x, t, ctx, keep=bad)
+        with pytest.raises(ValueError, match="mask_decoder"):
+            plain(x, t, ctx, keep=keep)
+    with pytest.raises(ValueError, match="mask_decoder"):
+        model.config.replace(mask_decoder=3)
+
+
+@pytest.mark.parametrize("rope_mixed", [False, True])
+def test_the_first_blocks_see_the_kept_tokens_at_their_own_positions(rope_mixed):
+    """Keeping half of the tokens, the right-hand columns in one sample and the top rows in the other, equals
+    running the first blocks on that half of each clip alone: each sample's kept tokens at their own positions."""
+    model = _masked_model(layers=3, decoder=1, rope_mixed=rope_mixed)   # mixed: per-head frequencies, perturbed
+    x, t, ctx = _randn(2, F, C, 8, 8), torch.tensor([300.0, 800.0]), _randn(2, L, D, seed=1)
+    halves = [(slice(None), slice(4, 8)), (slice(0, 4), slice(None))]  # pixels; 2x2-pixel tokens, 4x4 a frame
+    keep = torch.tensor([[r * 4 + c for r in range(4) for c in (2, 3)],
+                         [r * 4 + c for r in (0, 1) for c in range(4)]])[:, None].expand(2, F, 8)
+    states = []
+    hook = model.blocks[1].register_forward_hook(lambda module, args, out: states.append(out))
+    with torch.no_grad():
+        model(x, t, ctx, keep=keep)
+        for b, (rows, cols) in enumerate(halves):
+            model(x[b : b + 1, :, :, rows, cols], t[b : b + 1], ctx[b : b + 1])
+    hook.remove()
+    masked, alone = states[0], torch.cat(states[1:])
+    torch.testing.assert_close(masked, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_tube_masks_hide_the_same_positions_in_every_frame():
+    keep = tube_mask(SampleRNG([1, 2, 3]), 0.5, 4, (4, 4))
+    assert keep.shape == (3, 4, 8) and keep.dtype == torch.int64
+    assert torch.equal(keep, keep[:, :1].expand_as(keep)) and torch.equal(keep, keep.sort(dim=-1).values)
+    assert all(len(set(k.tolist())) == 8 for k in keep[:, 0]) and not torch.equal(keep[0], keep[1])
+    assert torch.equal(keep, tube_mask(SampleRNG([1, 2, 3]), 0.5, 4, (4, 4)))
+    assert tube_mask(SampleRNG([1]), 0.01, 1, (4, 4)).shape[-1] == 15
+    assert tube_mask(SampleRNG([1]), 0.99, 1, (4, 4)).shape[-1] == 1
+
+
+@pytest.mark.parametrize("mask_weight", [0.0, 1.0, 2.5])
+def test_masked_loss_is_the_visible_velocity_error_plus_the_hidden_x0_error(mask_weight):
+    model, flow = _masked_model(), FlowMatching(shift=5.0)
+    x_0, ctx, null = _randn(2, F, C, 8, 8), _randn(2, L, D, seed=1), torch.zeros(2, L, D)
+    loss, _ = teacher_loss(model, x_0, ctx, null, SampleRNG([4, 5]), flow, prompt_dropout=0.5, mask_ratio=0.5,
+                           mask_weight=mask_weight)
+    rng = SampleRNG([4, 5])                                               # the same draws, in the same order
+    t = flow.timesteps[rng.randint(flow.num_train_timesteps)]
+    eps = rng.randn(F, C, 8, 8)
+    ctx = torch.where((rng.rand() < 0.5)[:, None, None], null, ctx)
+    keep = tube_mask(rng, 0.5, F, (4, 4))
+    x_t = flow.add_noise(x_0, eps, t)
+    v_pred = model(x_t, t, ctx, keep=keep)
+    x0_pred = flow.x0_from_velocity(x_t, v_pred, t)
+    total = torch.zeros(())
+    for b in range(2):
+        for k in range(16):
+            r, c = divmod(k, 4)
+            cell = (b, slice(None), slice(None), slice(2 * r, 2 * r + 2), slice(2 * c, 2 * c + 2))
+            if k in keep[b, 0].tolist():
+                total = total + (v_pred[cell] - (eps - x_0)[cell]).pow(2).sum()
+            else:
+                total = total + mask_weight * (x0_pred[cell] - x_0[cell]).pow(2).sum()
+    torch.testing.assert_close(loss, total / x_0.numel(), rtol=1e-4, atol=1e-5)
+    loss.backward()
+    assert model.mask_token.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_ratio"):
+        TeacherConfig(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        TeacherConfig(mask_ratio=0.5, scene_weight=0.5)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])

@@ -29,6 +29,11 @@ def test_the_recipe_is_the_documented_commands():
     for stage, command in documented.items():
         assert resolve_config("teacher-world", overrides[stage], "x") == \
             resolve_config("teacher-world", command.split(), "x")
+    masked = recipe_overrides(TeacherRecipe(out="runs/hour", codec=str(COMMITTED_CODEC), short_steps=3600,
+                                            overrides=("seed=1",), short_overrides=("teacher.mask_ratio=0.5",)))
+    longer = [o.replace("schedule.steps=2300", "schedule.steps=3600") for o in overrides["short"]]
+    assert masked["short"] == [*longer, "seed=1", "teacher.mask_ratio=0.5"] and longer != overrides["short"]
+    assert masked["full"] == [*overrides["full"], "seed=1"]
     pixel = recipe_overrides(TeacherRecipe(out="runs/hour", codec=None))          # the pixel-space hour
     assert not any(o.startswith(("data.codec_file", "model.in_dim")) for o in pixel["short"] + pixel["full"])
 

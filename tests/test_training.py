@@ -438,6 +438,33 @@ def test_a_self_conditioned_teacher_trains_exports_and_grows_from_a_plain_one(tm
     torch.testing.assert_close(exported.self_cond_embedding.weight, model.self_cond_embedding.weight)
 
 
+def test_masked_training_trains_the_mask_token_and_exports_the_plain_network(tmp_path):
+    """teacher.mask_ratio gives the network a mask token (grown onto a checkpoint without one), trains it, and
+    exports the plain network without it, which a later stage loads as it is."""
+    from selfforcing.io.checkpoints import load_transformer
+
+    plain = Trainer(tiny(tmp_path / "a", "schedule.steps=1"))
+    plain.fit()
+    trainer = Trainer(tiny(tmp_path / "b", "teacher.mask_ratio=0.5", "schedule.steps=2",
+                           f"teacher.init_from={tmp_path / 'a' / 'model.safetensors'}"))
+    model = trainer.networks["model"]
+    assert model.config.mask_decoder == 1 and model.mask_token is not None
+    for k, v in plain.networks["model"].state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    token = model.mask_token.detach().clone()
+    trainer.fit()
+    assert not torch.equal(model.mask_token, token)
+    exported = load_transformer(tmp_path / "b" / "model.safetensors")
+    assert exported.config.mask_decoder == 0 and exported.mask_token is None
+    assert exported.state_dict().keys() == plain.networks["model"].state_dict().keys()
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k].to(v.dtype)), k
+    after = Trainer(tiny(tmp_path / "c", f"teacher.init_from={tmp_path / 'b' / 'model.safetensors'}"))
+    assert after.networks["model"].mask_token is None
+    with pytest.raises(ValueError, match="mask_decoder 2 leaves no block"):
+        Trainer(tiny(tmp_path / "d", "teacher.mask_ratio=0.5", "teacher.mask_decoder=2"))
+
+
 def test_a_causal_generator_starts_from_a_self_conditioned_teachers_plain_denoiser(tmp_path):
     """A generator (or a teacher without self-conditioning) initialised from a self-conditioned checkpoint
     takes every weight but the estimate's embedding: the function the teacher has when it reads no estimate."""

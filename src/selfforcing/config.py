@@ -94,6 +94,11 @@ class WanConfig:
             no estimate reads as zeros, so a model gains it with its function unchanged and callers that pass
             none (the distillation losses' score evaluations) get the plain denoiser. Bidirectional models
             only; a model with it is not Wan-layout. Trained by the teacher (`TeacherConfig.self_cond_prob`).
+        mask_decoder: masked training (MaskDiT, Zheng et al. 2023; MDT, Gao et al. 2023): when a forward is given
+            the tokens to keep (`WanDiT.forward(..., keep=...)`), the blocks before the last `mask_decoder` see
+            only those, and the last ones every token, a learned `mask_token` standing in for the masked ones,
+            whose clean content they must infer from the others. 0: none (as in Wan2.1). A training-only part,
+            like the probe: without `keep` the network is the plain one, and exports drop the token.
     """
 
     dim: int = 1536
@@ -124,6 +129,7 @@ class WanConfig:
     probe: int = 0
     probe_layer: int = 1
     self_cond: bool = False
+    mask_decoder: int = 0
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -141,6 +147,9 @@ class WanConfig:
                              f"{self.num_layers}, got {self.probe} and {self.probe_layer}")
         if self.self_cond and self.causal:
             raise ValueError("self_cond is for bidirectional models: a causal model (causal=True) cannot have it")
+        if not 0 <= self.mask_decoder < self.num_layers or (self.mask_decoder and self.causal):
+            raise ValueError(f"mask_decoder must lie in [0, num_layers) = [0, {self.num_layers}) and is for "
+                             f"bidirectional models, got {self.mask_decoder} (causal={self.causal})")
         if not 0 < self.min_sigma <= 1:
             raise ValueError(f"min_sigma must lie in (0, 1], got {self.min_sigma}")
         if self.dim % self.num_heads:

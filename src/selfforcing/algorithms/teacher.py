@@ -29,7 +29,7 @@ from ..diffusion.flow import FlowMatching
 from .base import Batch, Logs, SampleRNG, Update, unwrap
 
 __all__ = ["TeacherConfig", "motion_weights", "scene_targets", "scene_loss", "self_condition", "teacher_loss",
-           "TeacherTraining"]
+           "tube_mask", "TeacherTraining"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ class TeacherConfig:
             the model's own estimate of the clean clip as the extra input: a first forward without gradient
             from x_t alone, then the trained forward reading it (Chen et al. 2023); the other samples read
             zeros, as the first sampling step does. Ignored for a model without self-conditioning.
+        mask_ratio: masked training (MaskDiT, Zheng et al. 2023; MDT, Gao et al. 2023): the share of each clip's
+            token positions hidden from the network's first blocks, the same positions in every frame (tube
+            masking, as in VideoMAE), drawn per sample. The last `mask_decoder` blocks see every position, the
+            hidden ones as a learned mask token (`WanConfig.mask_decoder`), and must infer their clean content
+            from the visible ones: the relations between an object's parts, which the plain loss teaches
+            slowly, are what pays. The first blocks see fewer tokens, so a step costs less. Sampling sees
+            every token; train without it at the end (the teacher recipe's second stage). 0: off.
+        mask_weight: weight of the hidden positions' loss, their x0 error (σ² times their velocity error: their
+            noise cannot be inferred, their clean content can); the visible positions keep the plain loss.
+        mask_decoder: how many of the last blocks see the hidden positions.
     """
 
     shift: float = 5.0
@@ -96,6 +106,9 @@ class TeacherConfig:
     scene_weight: float = 0.0
     scene_layer: int = 1
     self_cond_prob: float = 0.5
+    mask_ratio: float = 0.0
+    mask_weight: float = 1.0
+    mask_decoder: int = 1
 
     def __post_init__(self) -> None:
         if self.shift <= 0 or self.sample_shift <= 0:
@@ -116,6 +129,11 @@ class TeacherConfig:
             raise ValueError(f"temporal_weight must be non-negative, got {self.temporal_weight}")
         if not 0.0 <= self.self_cond_prob <= 1.0:
             raise ValueError(f"self_cond_prob must lie in [0, 1], got {self.self_cond_prob}")
+        if not 0.0 <= self.mask_ratio < 1.0 or self.mask_weight < 0 or self.mask_decoder < 1:
+            raise ValueError(f"mask_ratio must lie in [0, 1), mask_weight be non-negative and mask_decoder at least "
+                             f"1, got {self.mask_ratio}, {self.mask_weight} and {self.mask_decoder}")
+        if self.mask_ratio > 0 and self.scene_weight > 0:
+            raise ValueError("mask_ratio and scene_weight cannot be combined: the probe reads every token")
         if self.scene_weight < 0 or self.scene_layer < 0:
             raise ValueError(f"scene_weight and scene_layer must be non-negative, got {self.scene_weight} and "
                              f"{self.scene_layer}")
@@ -207,6 +225,20 @@ def self_condition(
     return x0_cond
 
 
+def tube_mask(rng: SampleRNG, ratio: float, num_frames: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The token positions each sample keeps under masked training (`TeacherConfig.mask_ratio`): the same
+    positions in every frame, drawn uniformly per sample.
+
+    Returns:
+        (B, F, K) int64 indices into each frame's row-major token grid, sorted, K = h*w - round(ratio * h*w)
+        (at least one position is hidden and one kept).
+    """
+    tokens = grid[0] * grid[1]
+    hidden = min(max(round(ratio * tokens), 1), tokens - 1)
+    keep = rng.rand(tokens).argsort(dim=1)[:, : tokens - hidden].sort(dim=1).values    # (B, K)
+    return keep[:, None].expand(-1, num_frames, -1)
+
+
 def teacher_loss(
     model: nn.Module,
     x_0: torch.Tensor,
@@ -226,6 +258,8 @@ def teacher_loss(
     scene_classes: tuple[int, ...] = (),
     scene_weight: float = 0.0,
     self_cond: float = 0.0,
+    mask_ratio: float = 0.0,
+    mask_weight: float = 1.0,
 ) -> tuple[torch.Tensor, Logs]:
     """Flow-matching loss of a bidirectional velocity model (spec §3, target v = ε - x_0).
 
@@ -248,6 +282,9 @@ def teacher_loss(
         scene_weight: λ of the scene loss (`TeacherConfig.scene_weight`); > 0 needs a model with a probe.
         self_cond: share of samples that read the model's own estimate of x_0 (`TeacherConfig.self_cond_prob`,
             drawn after the other draws); > 0 needs a self-conditioned model, which reads zeros otherwise.
+        mask_ratio: share of token positions hidden from the first blocks (`TeacherConfig.mask_ratio`, drawn
+            last); > 0 needs a model with `config.mask_decoder`.
+        mask_weight: weight of the hidden positions' x0 error (`TeacherConfig.mask_weight`).
     Returns:
         loss (0-dim, mean over the batch) and detached logs.
     """
@@ -264,6 +301,14 @@ def teacher_loss(
     extra = {}
     if self_cond > 0:
         extra["x0_cond"] = self_condition(model, x_t, t, context, rng.rand() < self_cond, flow)
+    hidden = None
+    if mask_ratio > 0:
+        _, ph, pw = unwrap(model).config.patch_size
+        grid = (x_0.shape[-2] // ph, x_0.shape[-1] // pw)
+        extra["keep"] = tube_mask(rng, mask_ratio, x_0.shape[1], grid)    # (B, F, K)
+        shown = torch.zeros(x_0.shape[0], grid[0] * grid[1], device=x_0.device)
+        shown.scatter_(1, extra["keep"][:, 0], 1.0)                        # (B, h*w): 1 where kept
+        hidden = 1 - shown.view(-1, 1, 1, *grid).repeat_interleave(ph, -2).repeat_interleave(pw, -1)
 
     if scene_weight > 0:
         if labels is None:
@@ -274,6 +319,9 @@ def teacher_loss(
     v = flow.target_velocity(x_0, eps)                                     # v = ε - x_0
     error = v_pred.float() - v.float()                                     # (B, F, C, H, W)
     weight = motion_weights(x_0, motion_weight, motion_span)               # (B, 1 or F, 1, H, W), mean 1
+    if hidden is not None:                      # hidden positions: their x0 error, σ² times the velocity error
+        sigma = flow.sigma_of(t).float().view(*t.shape, *[1] * (5 - t.dim()))  # (B or B x F, then 1s)
+        weight = weight * (1 + hidden * (mask_weight * sigma**2 - 1))      # (B, 1 or F, 1, H, W)
     per_frame = (error.pow(2) * weight).mean(dim=(2, 3, 4))                # (B, F)
     for k in multiscale:
         pooled = F.avg_pool2d(error.flatten(0, 1), k, ceil_mode=True)        # (B*F, C, H/k, W/k)
@@ -331,4 +379,5 @@ class TeacherTraining:
             temporal_weight=self.config.temporal_weight, labels=batch.labels, scene_classes=self.scene_classes,
             scene_weight=self.config.scene_weight,
             self_cond=self.config.self_cond_prob if unwrap(self.model).config.self_cond else 0.0,
+            mask_ratio=self.config.mask_ratio, mask_weight=self.config.mask_weight,
         )

@@ -103,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--docs", default=None, metavar="PATH", help="also write the Markdown results here")
     c.set_defaults(func=run_codec)
 
-    from .teacher import COMMITTED_CODEC
+    from .teacher import COMMITTED_CODEC, TeacherRecipe
     from .teacher import __doc__ as teacher_doc
 
     t = sub.add_parser("teacher", help="the world teacher in about an hour: two stages on the learned codec",
@@ -115,6 +115,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="score the teacher on N held-out prompts (48: about 15 min on 2 CPU cores; default: 0)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="more config changes for both stages, after the recipe's own")
+    t.add_argument("--set-short", nargs="+", default=[], metavar="KEY=VALUE", dest="short_overrides",
+                   help="more config changes for the first stage only, after --set (e.g. teacher.mask_ratio=0.5)")
+    t.add_argument("--short-steps", type=int, default=TeacherRecipe.short_steps, metavar="N",
+                   help=f"steps of the first stage (default: {TeacherRecipe.short_steps})")
     t.set_defaults(func=run_teacher)
     return p
 
@@ -123,7 +127,8 @@ def run_teacher(args: argparse.Namespace) -> dict:
     from .teacher import TeacherRecipe, format_teacher_results, run_teacher_recipe
 
     recipe = TeacherRecipe(out=args.out, codec=None if args.codec == "none" else args.codec, eval_n=args.eval,
-                           overrides=tuple(args.overrides))
+                           overrides=tuple(args.overrides), short_overrides=tuple(args.short_overrides),
+                           short_steps=args.short_steps)
     results = run_teacher_recipe(recipe)
     print(format_teacher_results(results))
     return results

@@ -40,6 +40,8 @@ class TeacherRecipe:
     short_steps, short_frames, short_batch: the first stage (constant learning rate).
     full_steps, full_lr: the second stage, at the preset's clip length and batch, from the first one's EMA.
     overrides: more `--set KEY=VALUE` changes, applied to both stages after the recipe's own.
+    short_overrides: more changes for the first stage only, after `overrides` (e.g. masked training, which the
+        second stage, at the clip length the teacher samples, goes without).
     eval_n: held-out prompts to score the teacher on (0: none).
     preset: the training preset both stages start from.
     """
@@ -52,6 +54,7 @@ class TeacherRecipe:
     full_steps: int = 600
     full_lr: float = 3e-4
     overrides: tuple[str, ...] = ()
+    short_overrides: tuple[str, ...] = ()
     eval_n: int = 0
     preset: str = "teacher-world"
 
@@ -74,7 +77,8 @@ def recipe_overrides(recipe: TeacherRecipe) -> dict[str, list[str]]:
     init = Path(recipe.out) / "short" / "model_ema.safetensors"
     full = [f"teacher.init_from={init}", f"optim.lr={recipe.full_lr:g}", "optim.warmup_steps=50",
             f"schedule.steps={recipe.full_steps}", "ema.start_step=50", *quiet]
-    return {"short": [*codec, *short, *recipe.overrides], "full": [*codec, *full, *recipe.overrides]}
+    return {"short": [*codec, *short, *recipe.overrides, *recipe.short_overrides],
+            "full": [*codec, *full, *recipe.overrides]}
 
 
 def run_teacher_recipe(recipe: TeacherRecipe) -> dict:

@@ -4,8 +4,9 @@ One module serves the teacher and critic (`config.causal = False`, full attentio
 generator (`config.causal = True`): parameter names and shapes are exactly Wan2.1's, so the published Wan
 and Self-Forcing weights load as they are (the optional parts, off for every Wan preset, add weights of their own:
 the output refiner of `config.refine`, the absolute positions of `config.pos_embed`, the probe of `config.probe`,
-the self-conditioning embedding of `config.self_cond`). The network knows nothing about noise: it maps a noisy latent
-video, per-frame timesteps t in [0, 1000] and text embeddings to a velocity prediction.
+the self-conditioning embedding of `config.self_cond`, the mask token of `config.mask_decoder`). The network
+knows nothing about noise: it maps a noisy latent video, per-frame timesteps t in [0, 1000] and text embeddings
+to a velocity prediction.
 
 Forward modes of the causal model:
 - training, no cache: one parallel pass over all frames under the block-causal (optionally windowed) mask;
@@ -236,6 +237,8 @@ class WanDiT(nn.Module):
             if cfg.probe else None
         self.self_cond_embedding = nn.Conv3d(cfg.out_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
                                              bias=False) if cfg.self_cond else None
+        # masked training (`config.mask_decoder`): stands in for the masked tokens in the last blocks
+        self.mask_token = nn.Parameter(torch.empty(cfg.dim)) if cfg.mask_decoder else None
         # activation checkpointing: recompute each block in the backward instead of keeping its activations
         # (a runtime switch, not part of the config). With a KV cache, whose contents move on between the
         # forward and the backward, the recomputed blocks read the context frozen at the call (`KVContext`)
@@ -261,6 +264,8 @@ class WanDiT(nn.Module):
             nn.init.zeros_(self.refiner.conv2.bias)
         if self.self_cond_embedding is not None:
             nn.init.zeros_(self.self_cond_embedding.weight)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
         if self.pos_embedding is not None:
             nn.init.zeros_(self.pos_embedding.row)
             nn.init.zeros_(self.pos_embedding.col)
@@ -323,6 +328,7 @@ class WanDiT(nn.Module):
         hidden_layers: tuple[int, ...] = (),
         probe: bool = False,
         x0_cond: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """Predict the flow (velocity) of a noisy latent video (with `config.prediction` "x0" or "edm" the
         head predicts the clean video, directly or preconditioned, and the velocity it implies is returned).
@@ -340,6 +346,10 @@ class WanDiT(nn.Module):
                 states after block `config.probe_layer` (no caches, no teacher forcing, no hidden_layers).
             x0_cond: (B, F, C_out, H, W) an estimate of the clean video for self-conditioning (`config.self_cond`),
                 e.g. the previous sampling step's; None reads as zeros.
+            keep: (B, F, K) int64, masked training (`config.mask_decoder`): the K < h*w tokens of each frame
+                (indices into its row-major token grid) that the blocks before the last `config.mask_decoder`
+                see; the others enter the last blocks as the mask token, and their output is inferred from the
+                kept ones. None: every token everywhere, the plain network.
         Returns:
             v_pred: (B, F, C_out, H, W), float32; with hidden_layers, (v_pred, [hidden states]); with probe,
             (v_pred, probe outputs).
@@ -360,20 +370,28 @@ class WanDiT(nn.Module):
             expected = (*x.shape[:2], cfg.out_dim, *x.shape[3:])
             if tuple(x0_cond.shape) != expected:
                 raise ValueError(f"x0_cond must be {expected}, got {tuple(x0_cond.shape)}")
+        if keep is not None:
+            if self.mask_token is None or kv_cache is not None or clean_x is not None or hidden_layers or probe:
+                raise ValueError("keep (masked training) needs a model with config.mask_decoder > 0, without KV "
+                                 "caches, teacher forcing, hidden_layers or the probe")
+            tokens = cfg.tokens_per_frame(*x.shape[-2:])
+            if keep.dim() != 3 or tuple(keep.shape[:2]) != tuple(x.shape[:2]) or not 0 < keep.shape[2] < tokens:
+                raise ValueError(f"keep must be (B, F, K) = ({x.shape[0]}, {x.shape[1]}, K) with 0 < K < {tokens} "
+                                 f"tokens a frame, got {tuple(keep.shape)}")
         layers = (*hidden_layers, cfg.probe_layer) if probe else hidden_layers
         autocast = (
             torch.autocast(x.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         )
         with autocast:
             v_pred, hidden = self._forward(
-                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, layers, x0_cond
+                x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, layers, x0_cond, keep
             )
             if probe:
                 return v_pred, self.probe(hidden[0]).float()                 # (B, N, probe)
         return (v_pred, hidden) if hidden_layers else v_pred
 
     def _forward(self, x, t, context, clean_x, clean_t, kv_cache, cross_cache, start_frame, hidden_layers,
-                 x0_cond=None):
+                 x0_cond=None, keep=None):
         cfg = self.config
         batch, num_frames, _, height, width = x.shape
         _, ph, pw = cfg.patch_size
@@ -409,10 +427,23 @@ class WanDiT(nn.Module):
         else:
             ctx = self.embed_text(context)                                  # (B, text_len, D)
 
+        encoder = len(self.blocks)                                          # blocks before the mask token joins
+        if keep is not None:                                                # masked training: the kept tokens only
+            encoder -= cfg.mask_decoder
+            full = tokens
+            index = (keep + torch.arange(num_frames, device=x.device)[:, None] * tokens_per_frame).flatten(1)
+            tokens = full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))   # (B, F*K, D)
+            kept_rope = [tuple(a[index].unsqueeze(2) if a.dim() == 2 else a[index] for a in pair)
+                         for pair in rope[:encoder]]                        # (B, F*K, 1 or h, d/2)
+            rope = kept_rope + rope[encoder:]
+
         hidden = []
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         frozen = kv_cache.frozen_context() if recompute and kv_cache is not None else None
         for i, block in enumerate(self.blocks):
+            if keep is not None and i == encoder:                           # every token again, masked ones new
+                masked = self.mask_token.float().expand_as(full)
+                tokens = masked.scatter(1, index[..., None].expand(-1, -1, full.shape[-1]), tokens)
             cos, sin = rope[i]
             if recompute:
                 tokens = torch.utils.checkpoint.checkpoint(block, tokens, e0, ctx, cos, sin, mask, frozen, None,

@@ -102,10 +102,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     Args:
         x: (B, N, heads, d).
-        cos, sin: (N, d/2), the same for every head (axial RoPE), or (N, heads, d/2) (mixed RoPE).
+        cos, sin: (N, d/2), the same for every head (axial RoPE), or (N, heads, d/2) (mixed RoPE); or one set
+            per sample, (B, N, 1 or heads, d/2), for tokens at different positions in each sample (masked
+            training keeps different tokens in each).
     """
     x32 = x.float().unflatten(-1, (-1, 2))                                 # (B, N, h, d/2, 2)
     x_re, x_im = x32[..., 0], x32[..., 1]
-    c, s = (cos[None, :, None, :], sin[None, :, None, :]) if cos.dim() == 2 else (cos[None], sin[None])
+    if cos.dim() == 2:
+        c, s = cos[None, :, None, :], sin[None, :, None, :]
+    else:
+        c, s = (cos[None], sin[None]) if cos.dim() == 3 else (cos, sin)
     out = torch.stack([x_re * c - x_im * s, x_re * s + x_im * c], dim=-1)  # (B, N, h, d/2, 2)
     return out.flatten(-2).to(x.dtype)

@@ -122,10 +122,14 @@ def export_weights(
     latent_norm: dict,
 ) -> Path:
     """Write a full state dict as the project's `.safetensors` with training metadata (atomically). A training
-    probe (`WanConfig.probe`) is left out: the exported network is the one that samples."""
+    probe (`WanConfig.probe`) and a masked training's mask token (`WanConfig.mask_decoder`) are left out: the
+    exported network is the one that samples."""
     if model_config.probe:
         model_config = model_config.replace(probe=0, probe_layer=WanConfig().probe_layer)
         state = {k: v for k, v in state.items() if not k.startswith("probe.")}
+    if model_config.mask_decoder:
+        model_config = model_config.replace(mask_decoder=0)
+        state = {k: v for k, v in state.items() if k != "mask_token"}
     with torch.device("meta"):
         model = WanDiT(model_config)
     model.load_state_dict(state, strict=True, assign=True)

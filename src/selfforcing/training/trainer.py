@@ -87,7 +87,7 @@ class AlgorithmEntry:
 
 # optional parts a checkpoint can gain with its function unchanged: config field -> what its weights' names hold
 _GROWABLE = {"refine": "refiner.", "pos_embed": "pos_embedding.", "rope_mixed": ".self_attn.rope_freqs",
-             "probe": "probe.", "self_cond": "self_cond_embedding."}
+             "probe": "probe.", "self_cond": "self_cond_embedding.", "mask_decoder": "mask_token"}
 
 
 def _load_or_new(path: str | None, config: WanConfig) -> WanDiT:
@@ -165,6 +165,11 @@ def _teacher_networks(config: TrainConfig) -> dict[str, nn.Module]:
             raise ValueError(f"teacher.scene_layer {config.teacher.scene_layer} is not a block of the "
                              f"{model.num_layers}-block model")
         model = model.replace(probe=sum(SCENE_CLASSES), probe_layer=config.teacher.scene_layer)
+    if config.teacher.mask_ratio > 0:                    # masked training's mask token, dropped from exported weights
+        if config.teacher.mask_decoder >= model.num_layers:
+            raise ValueError(f"teacher.mask_decoder {config.teacher.mask_decoder} leaves no block of the "
+                             f"{model.num_layers}-block model to the visible tokens alone")
+        model = model.replace(mask_decoder=config.teacher.mask_decoder)
     return {"model": _load_or_new(config.teacher.init_from, model)}
 
 
